@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import platform
+from importlib import metadata
 
 import click
 
 from rebalance_cli.options import json_option
 
-_PACKAGES = ("numpy", "scipy", "torch", "onnxruntime", "onnx", "matplotlib", "click", "PIL")
+# Distribution names (as pip knows them) of the packages rebalance uses.
+_PACKAGES = ("numpy", "scipy", "torch", "onnxruntime", "onnx", "onnxscript", "matplotlib", "click", "pillow")
 
 
 def environment_report() -> dict:
@@ -19,9 +20,8 @@ def environment_report() -> dict:
     versions: dict[str, str | None] = {}
     for name in _PACKAGES:
         try:
-            module = importlib.import_module(name)
-            versions[name] = getattr(module, "__version__", "unknown")
-        except ImportError:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
             versions[name] = None
     threads: dict[str, object] = {
         "cpu_count": os.cpu_count(),
