@@ -1,0 +1,143 @@
+"""A small word-level tokenizer shared by the trainer and the torch-free ONNX runtime.
+
+Words come from `rebalance_ref.text.words` (lowercase, punctuation stripped). Ids: `[PAD]` = 0, `[CLS]` = 1,
+`[UNK]` = 2, then the vocabulary by descending count (ties alphabetical). `encode` puts `[CLS]` at position 0,
+truncates to `max_len` tokens in all, and pads to the longest sequence in the batch. Saved as JSON with a format
+version. Pure Python + NumPy: no torch here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rebalance_ref.text import words
+
+PAD, CLS, UNK = "[PAD]", "[CLS]", "[UNK]"
+SPECIALS = (PAD, CLS, UNK)
+FORMAT = "rebalance-tokenizer"
+FORMAT_VERSION = 1
+
+
+class Tokenizer:
+    """Word-level tokenizer: `build` from captions, `encode` to (ids, mask), `decode`, `save` / `load` JSON."""
+
+    def __init__(self, vocab: Sequence[str], max_len: int = 32):
+        vocab = list(vocab)
+        if vocab[: len(SPECIALS)] != list(SPECIALS):
+            raise ValueError(f"vocab must start with {list(SPECIALS)}, got {vocab[:3]}")
+        if len(set(vocab)) != len(vocab):
+            raise ValueError("vocab must not repeat a token")
+        self.max_len = _check_max_len(max_len, "max_len")
+        self.vocab = vocab
+        self.index = {token: i for i, token in enumerate(vocab)}
+
+    @classmethod
+    def build(cls, texts: Iterable[str], max_len: int = 32, min_count: int = 1) -> Tokenizer:
+        """Vocabulary of the words occurring at least `min_count` times in `texts` (e.g. the training captions)."""
+        if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
+            raise ValueError(f"min_count must be an int >= 1, got {min_count!r}")
+        if isinstance(texts, str):
+            raise ValueError("texts must be a sequence of str, not a single str")
+        counts = Counter(w for text in texts for w in words(text))
+        kept = sorted((w for w, c in counts.items() if c >= min_count and w not in SPECIALS),
+                      key=lambda w: (-counts[w], w))
+        return cls(list(SPECIALS) + kept, max_len=max_len)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def pad_id(self) -> int:
+        return 0
+
+    @property
+    def cls_id(self) -> int:
+        return 1
+
+    @property
+    def unk_id(self) -> int:
+        return 2
+
+    def encode(self, texts: Sequence[str], max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids and mask, both int64 (B, L): [CLS] + words, L = the longest in the batch, capped at max_len."""
+        if isinstance(texts, str):
+            raise ValueError("texts must be a sequence of str, not a single str (wrap it in a list)")
+        texts = list(texts)
+        if not texts:
+            raise ValueError("texts must hold at least one text")
+        cap = self.max_len if max_len is None else _check_max_len(max_len, "max_len")
+        rows = [[self.cls_id] + [self.index.get(w, self.unk_id) for w in words(t)] for t in texts]
+        rows = [r[:cap] for r in rows]
+        length = max(len(r) for r in rows)
+        ids = np.zeros((len(rows), length), dtype=np.int64)
+        mask = np.zeros((len(rows), length), dtype=np.int64)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = r
+            mask[i, : len(r)] = 1
+        return ids, mask
+
+    def decode(self, ids) -> str | list[str]:
+        """Words of a (L,) id row, or a list for a (B, L) batch; [PAD] and [CLS] are skipped, [UNK] kept."""
+        arr = np.asarray(ids)
+        if arr.ndim == 2:
+            return [self.decode(row) for row in arr]
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"ids must be integer (L,) or (B, L), got {arr.dtype} {arr.shape}")
+        if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
+            raise ValueError(f"ids must lie in [0, {self.vocab_size}), got range [{arr.min()}, {arr.max()}]")
+        return " ".join(self.vocab[i] for i in arr.tolist() if i not in (self.pad_id, self.cls_id))
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "version": FORMAT_VERSION, "max_len": self.max_len, "vocab": self.vocab}
+
+    def save(self, path: str | Path) -> None:
+        """Write the tokenizer as JSON (written to a temporary file, then moved into place)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
+        tmp.replace(path)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "tokenizer data") -> Tokenizer:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"{source} is not a rebalance tokenizer (expected format {FORMAT!r})")
+        if data.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{source} has tokenizer format version {data.get('version')!r}; "
+                             f"this rebalance reads version {FORMAT_VERSION}")
+        vocab = data.get("vocab")
+        if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab):
+            raise ValueError(f"{source}: 'vocab' must be a list of str")
+        try:
+            return cls(vocab, max_len=data.get("max_len"))
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from exc
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        """Read a tokenizer written by `save`; a clear ValueError names the file if it is not one."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer file not found: {path}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+        return cls.from_dict(data, source=str(path))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Tokenizer) and self.vocab == other.vocab and self.max_len == other.max_len
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size}, max_len={self.max_len})"
+
+
+def _check_max_len(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1 (it counts [CLS]), got {value!r}")
+    return int(value)
