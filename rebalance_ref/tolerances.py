@@ -1,0 +1,42 @@
+"""Every numeric constant and tolerance the formulas, tests and verifiers use, by name, in one place.
+
+Change a number here and every test that depends on it follows; never write a bare `1e-6` in a test.
+"""
+
+# --- constants of the formulas -------------------------------------------------------------------------------
+
+# n(x) = x / max(||x||, NORM_EPS), row-wise: the one normalisation epsilon of both packages (torch's
+# F.normalize uses the same rule and the same default).
+NORM_EPS = 1e-12
+
+# --- finite differences (rebalance_ref.gradcheck) -----------------------------------------------------------------
+
+# Central-difference step in float64: truncation error ~ h^2, rounding error ~ 1e-16 / h; 1e-6 balances them.
+FD_STEP = 1e-6
+# Largest accepted relative error ||analytic - numeric|| / max(||analytic||, ||numeric||, FD_FLOOR).
+FD_REL_TOL = 1e-6
+# Norm below which a gradient counts as zero (keeps the relative error finite for zero gradients).
+FD_FLOOR = 1e-8
+
+# Test inputs for kinked formulas (|.|, sorting) keep every kink at least this far away, in the units of the
+# kinked quantity, so that a step of FD_STEP never crosses one.
+KINK_GAP = 1e-3
+
+# --- NumPy reference vs torch mirror ---------------------------------------------------------------------------
+
+# float64 values and gradients: both sides run the same arithmetic in a different order.
+PARITY64_RTOL = 1e-9
+PARITY64_ATOL = 1e-11
+# float32 (for users comparing a float32 training run with the float64 reference).
+PARITY32_RTOL = 1e-4
+PARITY32_ATOL = 1e-5
+
+# torch.autograd.gradcheck in float64 (its own defaults, named here so that they are visible).
+GRADCHECK_EPS = 1e-6
+GRADCHECK_ATOL = 1e-5
+GRADCHECK_RTOL = 1e-3
+
+# --- identities (DESIGN section 2 facts) -------------------------------------------------------------------------
+
+# Two float64 computations of a quantity that is mathematically exactly equal (e.g. KDI + KDT across lambda).
+IDENTITY_RTOL = 1e-12
