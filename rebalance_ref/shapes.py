@@ -528,8 +528,9 @@ def attribute_relevance(attrs_a: list, attrs_b: list, chunk: int = 256) -> np.nd
 
 
 def canonical_relevance(canonical_a: list[str], canonical_b: list[str] | None = None) -> np.ndarray:
-    """ROUGE-L (beta = 1.2) relevance between scenes' canonical descriptions, float (Na, Nb), via
-    `rebalance_ref.metrics.rouge_relevance` (each scene of b has its one canonical description as reference)."""
+    """ROUGE-L (beta = 1.2) relevance between scenes' canonical descriptions, float32 (Na, Nb) in [0, 1], via
+    `rebalance_ref.metrics.rouge_relevance`: scene i's description as candidate, scene j's as the one reference.
+    Like the paper's caption relevance it is not symmetric (beta weighs recall over precision)."""
     from rebalance_ref.metrics import rouge_relevance
 
     canonical_b = canonical_a if canonical_b is None else canonical_b

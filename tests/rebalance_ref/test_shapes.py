@@ -195,7 +195,6 @@ def test_attribute_relevance_symmetric_bounded_and_exact_on_equal_scenes(balance
 
 
 def test_canonical_relevance_uses_shared_rouge(balanced):
-    pytest.importorskip("rebalance_ref.metrics")
     rel = shapes.canonical_relevance(balanced.canonical[:6])
     assert rel.shape == (6, 6)
     np.testing.assert_allclose(np.diag(rel), 1.0, atol=1e-6)
