@@ -64,13 +64,13 @@ COLOUR_RGB = {
     "orange": (245, 140, 30),
 }
 SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
-SIZE_RADIUS = {"small": 0.26, "large": 0.45}  # object radius as a fraction of the grid cell side
+SIZE_RADIUS = {"small": 0.24, "large": 0.42}  # object radius as a fraction of the grid cell side
 _ROW_WORDS = ("top", "middle", "bottom")
 _COL_WORDS = ("left", "center", "right")
 BACKGROUND = (24, 24, 28)
 OCCLUDER = (110, 110, 110)
 WASHOUT_GREY = (170, 170, 170)
-_JITTER = 0.08  # object centres move by up to this fraction of a cell, so scenes of the same layout differ
+_JITTER = 0.06  # centres move by up to this fraction of a cell (radius + jitter < 0.5: objects stay in their cell)
 
 
 def position_phrases(row: int, col: int) -> tuple[str, ...]:
@@ -298,8 +298,8 @@ def _object_phrase(shape: str | None, colour: str | None, size: str | None, posi
     noun = f"{_article(head)} {head}"
     if position_words is None:
         return noun
-    if form == 1:  # position first: "in the top left a red circle"
-        return f"{position_words} {noun}"
+    if form == 1:  # "a red circle that is in the top left"
+        return f"{noun} that is {position_words}"
     return f"{noun} {position_words}"
 
 

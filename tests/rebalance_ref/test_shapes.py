@@ -40,6 +40,21 @@ def test_world_contents(balanced):
     assert make_world(3, "balanced", seed=5, size=64).images.shape == (3, 64, 64, 3)
 
 
+@pytest.mark.parametrize("size", [32, 64])
+def test_each_object_is_drawn_inside_its_cell_in_its_colour(size):
+    world = make_world(30, "balanced", seed=8, size=size)
+    cell = size / 3
+    ys, xs = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    cell_of = (np.floor((ys + 0.5) / cell) * 3 + np.floor((xs + 0.5) / cell)).astype(int)
+    for img, objs in zip(world.images, world.attributes, strict=True):
+        drawn = ~np.all(img == np.array(shapes.BACKGROUND, np.uint8), axis=-1)
+        occupied = {o["row"] * 3 + o["col"]: o for o in objs}
+        assert set(np.unique(cell_of[drawn])) == set(occupied)
+        for c, o in occupied.items():
+            pixels = img[drawn & (cell_of == c)]
+            assert np.all(pixels == np.array(shapes.COLOUR_RGB[o["colour"]], np.uint8))
+
+
 def test_balanced_captions_mention_colours_of_the_scene(balanced):
     for objs, caps in zip(balanced.attributes, balanced.captions, strict=True):
         for cap in caps:
