@@ -70,6 +70,7 @@ _COL_WORDS = ("left", "center", "right")
 BACKGROUND = (24, 24, 28)
 OCCLUDER = (110, 110, 110)
 WASHOUT_GREY = (170, 170, 170)
+POSITION_SCALE = 2.0  # relevance: same cell counts 1, a neighbouring cell 1/2, two or more cells away 0
 _JITTER = 0.06  # centres move by up to this fraction of a cell (radius + jitter < 0.5: objects stay in their cell)
 
 
@@ -505,9 +506,9 @@ def attribute_targets(attributes: list) -> tuple[np.ndarray, list[str]]:
 def attribute_relevance(attrs_a: list, attrs_b: list, chunk: int = 256) -> np.ndarray:
     """Graded relevance between scenes from their true attributes, float32 (Na, Nb) in [0, 1].
 
-    Two objects agree by sim(o, p) = (1[shape] + 1[colour] + 1[size] + 1 - manhattan(cell_o, cell_p) / 4) / 4,
-    where 4 is the largest Manhattan distance on the 3x3 grid. Two scenes are related by the best one-to-one
-    matching of their objects, normalised by the larger object count:
+    Two objects agree by sim(o, p) = (1[shape] + 1[colour] + 1[size] + max(0, 1 - manhattan(cell_o, cell_p) / 2)) / 4:
+    the position term is 1 in the same cell, 1/2 in a neighbouring cell, 0 further away. Two scenes are related
+    by the best one-to-one matching of their objects, normalised by the larger object count:
     rel(A, B) = max over matchings of sum sim / max(|A|, |B|). It is symmetric, and 1 exactly for equal scenes.
     """
     ca, ma = _encode(attrs_a)
@@ -520,7 +521,7 @@ def attribute_relevance(attrs_a: list, attrs_b: list, chunk: int = 256) -> np.nd
         b, bm = cb[None, :, None, :, :], mb[None, :, None, :]  # (1, Nb, 1, K, 5)
         same = (a[..., :3] == b[..., :3]).sum(-1)  # (a, Nb, K, K)
         dist = np.abs(a[..., 3] - b[..., 3]) + np.abs(a[..., 4] - b[..., 4])
-        sim = (same + 1.0 - dist / (2.0 * (GRID - 1))) / 4.0
+        sim = (same + np.maximum(0.0, 1.0 - dist / POSITION_SCALE)) / 4.0
         sim = np.where(am & bm, sim, 0.0)  # empty slots match nothing
         best = np.max([sum(sim[:, :, r, p[r]] for r in range(MAX_OBJECTS)) for p in perms], axis=0)
         out[lo:lo + chunk] = best / max_count[lo:lo + chunk]

@@ -205,6 +205,10 @@ def test_attribute_relevance_symmetric_bounded_and_exact_on_equal_scenes(balance
           {"shape": "ring", "colour": "blue", "size": "large", "row": 1, "col": 1}]]
     # one object matches in shape, colour, size (3) and lies 4 cells away (position term 0): 3/4 over 2 objects
     assert attribute_relevance(a, b)[0, 0] == pytest.approx(3 / 4 / 2)
+    b[0][0]["row"] = 1  # now 3 cells away: still 0; at 1 cell away: 1/2
+    assert attribute_relevance(a, b)[0, 0] == pytest.approx(3 / 4 / 2)
+    b[0][0].update(row=0, col=1)
+    assert attribute_relevance(a, b)[0, 0] == pytest.approx(3.5 / 4 / 2)
     with pytest.raises(ValueError, match=r"attributes\[0\]\[0\]"):
         attribute_relevance([[{"shape": "blob"}]], a)
 
