@@ -18,9 +18,12 @@ FD_REL_TOL = 1e-6
 # Norm below which a gradient counts as zero (keeps the relative error finite for zero gradients).
 FD_FLOOR = 1e-8
 
-# Test inputs for kinked formulas (|.|, sorting) keep every kink at least this far away, in the units of the
-# kinked quantity, so that a step of FD_STEP never crosses one.
-KINK_GAP = 1e-3
+# Formulas with kinks (|.|, sorting) are checked with a smaller step at inputs that keep every kink at least
+# KINK_GAP away, in the units of the kinked quantity (a difference, a gap between sorted values). A step moves
+# those quantities by at most a few times KINKED_FD_STEP, so it never crosses a kink; the smaller step costs a
+# little rounding error (~1e-16 / 1e-7 per entry), well inside FD_REL_TOL.
+KINKED_FD_STEP = 1e-7
+KINK_GAP = 2e-5
 
 # --- NumPy reference vs torch mirror ---------------------------------------------------------------------------
 
@@ -37,6 +40,9 @@ GRADCHECK_ATOL = 1e-5
 GRADCHECK_RTOL = 1e-3
 
 # --- identities (DESIGN section 2 facts) -------------------------------------------------------------------------
+
+# A formula against an independent float64 oracle (SciPy, a Python loop over the definition).
+ORACLE_RTOL = 1e-10
 
 # Two float64 computations of a quantity that is mathematically exactly equal (e.g. KDI + KDT across lambda).
 IDENTITY_RTOL = 1e-12
