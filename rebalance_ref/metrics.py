@@ -26,6 +26,10 @@ from rebalance_ref.text import words
 # Elements per (rows x gallery) temporary; chunks of queries are sized to stay near this.
 _CHUNK_ELEMENTS = 1 << 22
 _EPS = 1e-12
+# Candidate x reference pairs per tile of the bit-parallel LCS (about 2 MB of bit vectors, cache-sized).
+_LCS_TILE = 1 << 18
+# Candidate x reference pairs per chunk of images in rouge_relevance (bounds its float temporaries, ~8 MB each).
+_ROUGE_PAIRS = 1 << 20
 _TIES = ("optimistic", "pessimistic")
 
 
@@ -298,10 +302,11 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return np.unpackbits(bytes_, axis=-1).sum(-1)
 
 
-def _lcs_grid(cands: np.ndarray, refs: list[np.ndarray]) -> np.ndarray:
-    """LCS lengths of every candidate with every reference, bit-parallel: int64 (Uc, R).
+def _lcs_grid(cands: np.ndarray, refs: list[np.ndarray], n_words: int) -> np.ndarray:
+    """LCS lengths of every candidate with every reference, bit-parallel: int32 (Uc, R).
 
-    cands: int64 (Uc, Lc) word ids, padded with -1; refs: R arrays of word ids.
+    cands: int64 (Uc, Lc) word ids in [0, n_words), padded with -1, rows sorted by decreasing length;
+    refs: R arrays of word ids.
     Each reference's match sets are bit masks (bit j set where word j of the reference equals a word), and one
     pass over the candidate's words updates a bit vector V per pair (Hyyrö 2004):
         U = V & M[w];  V = (V + U) | (V & ~U);   LCS = number of zero bits of V among the reference's positions.
@@ -316,29 +321,48 @@ def _lcs_grid(cands: np.ndarray, refs: list[np.ndarray]) -> np.ndarray:
     ref_of = np.repeat(np.arange(n_refs), lens)
     pos = np.concatenate([np.arange(n) for n in lens] + [np.empty(0, np.int64)])
     np.bitwise_or.at(table, (pos // 64, inverse, ref_of), np.left_shift(np.uint64(1), (pos % 64).astype(np.uint64)))
-    local = np.searchsorted(vocab, cands)
-    found = (cands >= 0) & (local < vocab.size) & (vocab[np.minimum(local, max(vocab.size - 1, 0))] == cands) \
-        if vocab.size else np.zeros(cands.shape, bool)
-    local = np.where(found, local, vocab.size)  # (Uc, Lc)
+    to_local = np.full(n_words + 1, vocab.size, dtype=np.int64)  # global id -> local id; the last entry is -1
+    to_local[vocab] = np.arange(vocab.size)
+    local = to_local[cands]  # (Uc, Lc)
 
-    v = np.full((blocks, cands.shape[0], n_refs), np.iinfo(np.uint64).max, dtype=np.uint64)  # (blocks, Uc, R)
-    for i in range(cands.shape[1]):
-        m = table[:, local[:, i], :]  # (blocks, Uc, R)
-        u = v & m
-        carry = np.zeros(v.shape[1:], dtype=bool)
-        for b in range(blocks):  # V + U with the carry propagated across 64-bit blocks
-            total = v[b] + u[b]
-            new_carry = total < v[b]
-            total += carry
-            new_carry |= carry & (total == 0)
-            v[b] = total | (v[b] & ~u[b])
+    lengths = (cands >= 0).sum(1)  # (Uc,) in decreasing order
+    out = np.empty((cands.shape[0], n_refs), dtype=np.int32)
+    tile = max(1, _LCS_TILE // max(1, n_refs))  # candidates per tile: the bit vectors stay in cache
+    for a in range(0, cands.shape[0], tile):
+        out[a:a + tile] = _bit_lcs(table, local[a:a + tile], lengths[a:a + tile], lens)
+    return out
+
+
+def _bit_lcs(table: np.ndarray, local: np.ndarray, lengths: np.ndarray, ref_lens: np.ndarray) -> np.ndarray:
+    """The bit-parallel pass of `_lcs_grid` for one tile of candidates: int32 (n, R).
+
+    table: uint64 (blocks, V+1, R) match masks; local: (n, Lc) local word ids (V = no match), rows by decreasing
+    length; lengths (n,); ref_lens (R,).
+    """
+    blocks = table.shape[0]
+    v = np.full((blocks, local.shape[0], table.shape[2]), np.iinfo(np.uint64).max, dtype=np.uint64)  # (blocks, n, R)
+    for i in range(local.shape[1]):
+        n = int((lengths > i).sum())  # the candidates that still have a word at position i: a prefix
+        carry = None
+        for b in range(blocks):  # V + U, with the carry propagated across 64-bit blocks
+            vb = v[b, :n]  # (n, R) view, updated in place
+            ub = vb & table[b][local[:n, i]]
+            total = vb + ub
+            last = b == blocks - 1
+            new_carry = None if last else total < vb
+            if carry is not None:
+                total += carry
+                if not last:
+                    new_carry |= carry & (total == 0)
+            vb ^= ub  # V & ~U, since U is a subset of V
+            vb |= total
             carry = new_carry
-    zeros = np.zeros((cands.shape[0], n_refs), dtype=np.int64)
+    zeros = np.zeros(v.shape[1:], dtype=np.int32)
     for b in range(blocks):
-        width = np.clip(lens - 64 * b, 0, 64)  # (R,) reference positions held in this block
+        width = np.clip(ref_lens - 64 * b, 0, 64)  # (R,) reference positions held in this block
         mask = np.where(width == 64, np.iinfo(np.uint64).max,
                         (np.left_shift(np.uint64(1), np.minimum(width, 63).astype(np.uint64)) - np.uint64(1)))
-        zeros += _popcount(~v[b] & mask.astype(np.uint64)).astype(np.int64)
+        zeros += _popcount(~v[b] & mask.astype(np.uint64))
     return zeros
 
 
@@ -348,7 +372,7 @@ def rouge_relevance(captions, image_captions, beta: float = 1.2, *, chunk: int |
     M[c, j] = rouge_l(captions[c], image_captions[j]) — caption c scored against the captions of image j as
     references (TERAN's relevance matrix, DESIGN §3). Identical token sequences are scored once, words become
     integer ids, and the LCS runs bit-parallel over many pairs at once; `chunk` bounds the candidate x reference
-    pairs held at a time (default about 4 M).
+    pairs held at a time (default about 1 M).
     """
     if isinstance(captions, str) or not isinstance(captions, Sequence) \
             or not all(isinstance(x, str) for x in captions):
@@ -357,7 +381,7 @@ def rouge_relevance(captions, image_captions, beta: float = 1.2, *, chunk: int |
         raise ValueError("image_captions must be a sequence of lists of str")
     per_image = [_references(f"image_captions[{j}]", refs) for j, refs in enumerate(image_captions)]
     beta = _beta(beta)
-    pairs_budget = _chunk_rows(chunk, 1) if chunk is not None else _CHUNK_ELEMENTS
+    pairs_budget = _chunk_rows(chunk, 1) if chunk is not None else _ROUGE_PAIRS
     n_img = len(per_image)
     if not captions or not n_img:
         return np.zeros((len(captions), n_img), dtype=np.float32)
@@ -376,6 +400,8 @@ def rouge_relevance(captions, image_captions, beta: float = 1.2, *, chunk: int |
     seq_len = np.array([len(x) for x in unique], dtype=np.float64)
 
     cand_u, cand_inv = np.unique(cand_seq, return_inverse=True)  # distinct candidates (Uc,)
+    by_length = np.argsort(-seq_len[cand_u], kind="stable")  # longest first, so short ones drop out early
+    cand_u, cand_inv = cand_u[by_length], np.argsort(by_length)[cand_inv]
     lc = max(1, int(seq_len[cand_u].max()))
     cands = np.full((cand_u.size, lc), -1, dtype=np.int64)  # (Uc, Lc) padded word ids
     for row, sid in enumerate(cand_u):
@@ -391,13 +417,13 @@ def rouge_relevance(captions, image_captions, beta: float = 1.2, *, chunk: int |
             j1 += 1
         slots = ref_seq[starts[j0]:starts[j1]]  # references of images j0..j1-1, in image order
         ref_u, slot_col = np.unique(slots, return_inverse=True)
-        lcs = _lcs_grid(cands, [unique[sid] for sid in ref_u]).astype(np.float64)  # (Uc, Ru)
+        lcs = _lcs_grid(cands, [unique[sid] for sid in ref_u], len(ids))  # (Uc, Ru)
         ref_len = seq_len[ref_u]
-        prec = np.divide(lcs, cand_len[:, None], out=np.zeros_like(lcs), where=cand_len[:, None] > 0)
-        rec = np.divide(lcs, ref_len[None, :], out=np.zeros_like(lcs), where=ref_len[None, :] > 0)
-        # Best precision and best recall over each image's references: max over its slots.
+        # Best precision = (max LCS over the image's references) / |c|; best recall = max of LCS / |r|.
         bounds = starts[j0:j1] - starts[j0]
-        p = np.maximum.reduceat(prec[:, slot_col], bounds, axis=1)  # (Uc, j1 - j0)
+        best_lcs = np.maximum.reduceat(lcs[:, slot_col], bounds, axis=1)  # (Uc, j1 - j0)
+        p = best_lcs / np.maximum(cand_len, 1)[:, None]
+        rec = lcs * np.divide(1.0, ref_len, out=np.zeros_like(ref_len), where=ref_len > 0)  # (Uc, Ru)
         r = np.maximum.reduceat(rec[:, slot_col], bounds, axis=1)
         out[:, j0:j1] = _rouge_f(p, r, beta)
         j0 = j1

@@ -365,3 +365,12 @@ def test_uniformity_matches_loop_and_chunks():
 def test_diagnostics_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_rouge_relevance_without_numpy_bitwise_count(monkeypatch):
+    rng = np.random.default_rng(8)
+    captions = _random_captions(rng, 12, 0, 9)
+    images = [_random_captions(rng, 2, 1, 70) for _ in range(4)]
+    want = rouge_relevance(captions, images)
+    monkeypatch.delattr(np, "bitwise_count", raising=False)  # the NumPy < 2 path: popcount by unpacking bytes
+    np.testing.assert_array_equal(rouge_relevance(captions, images), want)
