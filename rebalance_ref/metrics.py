@@ -299,7 +299,7 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     if hasattr(np, "bitwise_count"):  # NumPy >= 2.0
         return np.bitwise_count(x)
     bytes_ = x[..., None].view(np.uint8)
-    return np.unpackbits(bytes_, axis=-1).sum(-1)
+    return np.unpackbits(bytes_, axis=-1).sum(-1, dtype=np.uint8)
 
 
 def _lcs_grid(cands: np.ndarray, refs: list[np.ndarray], n_words: int) -> np.ndarray:
