@@ -21,11 +21,12 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from scipy.special import logsumexp
 
+from rebalance_ref import checks
+from rebalance_ref.relations import normalize
 from rebalance_ref.text import words
 
 # Elements per (rows x gallery) temporary; chunks of queries are sized to stay near this.
 _CHUNK_ELEMENTS = 1 << 22
-_EPS = 1e-12
 # Candidate x reference pairs per tile of the bit-parallel LCS (about 2 MB of bit vectors, cache-sized).
 _LCS_TILE = 1 << 18
 # Candidate x reference pairs per chunk of images in rouge_relevance (bounds its float temporaries, ~8 MB each).
@@ -38,17 +39,10 @@ _TIES = ("optimistic", "pessimistic")
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _matrix(name: str, x) -> np.ndarray:
-    """`x` as a non-empty, finite, real 2-D array (a view of the caller's data, never written to)."""
-    a = np.asarray(x)
-    if a.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array, got shape {a.shape}")
-    if a.dtype == bool or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        raise ValueError(f"{name} must hold real numbers, got dtype {a.dtype}")
-    if a.shape[0] == 0 or a.shape[1] == 0:
-        raise ValueError(f"{name} must be non-empty, got shape {a.shape}")
-    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
-        raise ValueError(f"{name} must be finite (no NaN or Inf)")
+def _matrix(name: str, x, layout: str) -> np.ndarray:
+    """`x` as a non-empty, finite, real 2-D array (float; never written to)."""
+    a = checks.as_float_array(name, x)
+    checks.array(name, a, 2, layout)
     return a
 
 
@@ -56,11 +50,11 @@ def _index_vector(name: str, x, length: int, upper: int) -> np.ndarray:
     """`x` as an int64 vector of `length` entries, each in [0, upper)."""
     a = np.asarray(x)
     if a.ndim != 1 or a.shape[0] != length:
-        raise ValueError(f"{name} must be a 1-D array of length {length}, got shape {a.shape}")
+        raise ValueError(f"{name}: expected a 1-D array of length {length}, got shape {a.shape}")
     if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
-        raise ValueError(f"{name} must hold integers, got dtype {a.dtype}")
+        raise ValueError(f"{name}: expected integers, got dtype {a.dtype}")
     if length and (a.min() < 0 or a.max() >= upper):
-        raise ValueError(f"{name} entries must lie in [0, {upper}), got range [{a.min()}, {a.max()}]")
+        raise ValueError(f"{name}: expected entries in [0, {upper}), got range [{a.min()}, {a.max()}]")
     return a.astype(np.int64, copy=False)
 
 
@@ -69,14 +63,14 @@ def _cutoffs(name: str, k) -> tuple[tuple[int, ...], bool]:
     single = isinstance(k, (int, np.integer)) and not isinstance(k, bool)
     values = [k] if single else (list(k) if isinstance(k, Iterable) else None)
     if not values or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in values):
-        raise ValueError(f"{name} must be an int >= 1 or a non-empty sequence of them, got {k!r}")
+        raise ValueError(f"{name}: expected an int >= 1 or a non-empty sequence of them, got {k!r}")
     return tuple(sorted({int(v) for v in values})), single
 
 
 def _ties(ties: str) -> bool:
     """True for the optimistic rule."""
     if ties not in _TIES:
-        raise ValueError(f"ties must be one of {_TIES}, got {ties!r}")
+        raise ValueError(f"ties: expected one of {_TIES}, got {ties!r}")
     return ties == "optimistic"
 
 
@@ -84,7 +78,7 @@ def _chunk_rows(chunk: int | None, n_cols: int) -> int:
     if chunk is None:
         return max(1, _CHUNK_ELEMENTS // max(1, n_cols))
     if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
-        raise ValueError(f"chunk must be None or an int >= 1, got {chunk!r}")
+        raise ValueError(f"chunk: expected None or an int >= 1, got {chunk!r}")
     return int(chunk)
 
 
@@ -104,19 +98,19 @@ def retrieval_ranks(sim_i2t, txt2img, *, sim_t2i=None, ties: str = "optimistic",
     text's image. Optimistic: rank = #{gallery items scoring strictly higher than the positive}; pessimistic:
     #{other gallery items scoring at least as high}.
     """
-    s = _matrix("sim_i2t", sim_i2t)
+    s = _matrix("sim_i2t", sim_i2t, "(N_img, N_txt)")
     n_img, n_txt = s.shape
     t2i = _index_vector("txt2img", txt2img, n_txt, n_img)
     missing = np.flatnonzero(np.bincount(t2i, minlength=n_img) == 0)
     if missing.size:
-        raise ValueError(f"txt2img must give every image at least one text; image {missing[0]} has none")
+        raise ValueError(f"txt2img: expected at least one text for every image, got none for image {missing[0]}")
     optimistic = _ties(ties)
     if sim_t2i is None:
         st = s.T
     else:
-        st = _matrix("sim_t2i", sim_t2i)
+        st = _matrix("sim_t2i", sim_t2i, "(N_txt, N_img)")
         if st.shape != (n_txt, n_img):
-            raise ValueError(f"sim_t2i must have shape {(n_txt, n_img)}, got {st.shape}")
+            raise ValueError(f"sim_t2i: expected shape {(n_txt, n_img)} (N_txt, N_img), got {st.shape}")
 
     # Image -> text: an image's best positive has the highest score among its captions, best[i] (N_img,).
     best = np.full(n_img, -np.inf)
@@ -194,17 +188,17 @@ def ndcg_at_k(scores, relevance, k, exclude=None, *, ties: str = "optimistic", c
     has IDCG = 0 and gets NDCG 0. If k exceeds the gallery size, the whole gallery is ranked.
     Returns float64 (Q,) for an int k, else a dict {k: float64 (Q,)}.
     """
-    s = _matrix("scores", scores)
-    r = _matrix("relevance", relevance)
+    s = _matrix("scores", scores, "(Q, G)")
+    r = _matrix("relevance", relevance, "(Q, G)")
     if r.shape != s.shape:
-        raise ValueError(f"relevance must have the shape of scores {s.shape}, got {r.shape}")
+        raise ValueError(f"relevance: expected the shape of scores {s.shape}, got {r.shape}")
     if (r < 0).any():
-        raise ValueError("relevance must be >= 0 (linear gain)")
+        raise ValueError("relevance: expected values >= 0 (linear gain), got a negative entry")
     cutoffs, single = _cutoffs("k", k)
     q, g = s.shape
     ex = None if exclude is None else _index_vector("exclude", exclude, q, g)
     if ex is not None and g < 2:
-        raise ValueError("scores must have at least 2 gallery columns when exclude is given")
+        raise ValueError(f"scores: expected at least 2 gallery columns when exclude is given, got {g}")
     optimistic = _ties(ties)
     kmax = min(cutoffs[-1], g)
     # discount[r-1] = 1 / log2(r + 1) for ranks r = 1..kmax
@@ -238,13 +232,6 @@ def ndcg_at_k(scores, relevance, k, exclude=None, *, ties: str = "optimistic", c
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _beta(beta) -> float:
-    if isinstance(beta, bool) or not isinstance(beta, (int, float, np.floating, np.integer)) \
-            or not np.isfinite(beta) or beta <= 0:
-        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
-    return float(beta)
-
-
 def _rouge_f(p, r, beta: float):
     """F-measure of best precision p and best recall r: (1 + β²)·p·r / (r + β²·p), and 0 where p·r = 0."""
     p, r = np.asarray(p, dtype=np.float64), np.asarray(r, dtype=np.float64)
@@ -266,7 +253,7 @@ def _lcs_length(a: Sequence, b: Sequence) -> int:
 def _references(name: str, refs) -> list[str]:
     refs = [refs] if isinstance(refs, str) else refs
     if not isinstance(refs, Sequence) or len(refs) == 0 or not all(isinstance(x, str) for x in refs):
-        raise ValueError(f"{name} must be a str or a non-empty sequence of str")
+        raise ValueError(f"{name}: expected a str or a non-empty sequence of str")
     return list(refs)
 
 
@@ -279,9 +266,9 @@ def rouge_l(candidate: str, references, beta: float = 1.2) -> float:
     candidate scores 0; an empty reference contributes P = R = 0.
     """
     if not isinstance(candidate, str):
-        raise ValueError(f"candidate must be a str, got {type(candidate).__name__}")
+        raise ValueError(f"candidate: expected a str, got {type(candidate).__name__}")
     refs = _references("references", references)
-    beta = _beta(beta)
+    beta = checks.scalar("beta", beta, positive=True)
     c = words(candidate)
     if not c:
         return 0.0
@@ -376,11 +363,11 @@ def rouge_relevance(captions, image_captions, beta: float = 1.2, *, chunk: int |
     """
     if isinstance(captions, str) or not isinstance(captions, Sequence) \
             or not all(isinstance(x, str) for x in captions):
-        raise ValueError("captions must be a sequence of str")
+        raise ValueError("captions: expected a sequence of str")
     if isinstance(image_captions, str) or not isinstance(image_captions, Sequence):
-        raise ValueError("image_captions must be a sequence of lists of str")
+        raise ValueError("image_captions: expected a sequence of lists of str (the captions of each image)")
     per_image = [_references(f"image_captions[{j}]", refs) for j, refs in enumerate(image_captions)]
-    beta = _beta(beta)
+    beta = checks.scalar("beta", beta, positive=True)
     pairs_budget = _chunk_rows(chunk, 1) if chunk is not None else _ROUGE_PAIRS
     n_img = len(per_image)
     if not captions or not n_img:
@@ -435,17 +422,9 @@ def rouge_relevance(captions, image_captions, beta: float = 1.2, *, chunk: int |
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _normalized(name: str, x) -> np.ndarray:
-    """Rows of `x` divided by max(norm, 1e-12), float64 (N, D)."""
-    a = _matrix(name, x).astype(np.float64)
-    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), _EPS)
-
-
-def _positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+def _normalized(name: str, x, layout: str) -> np.ndarray:
+    """Rows of `x` scaled to unit length, n(x) = x / max(||x||, eps), as everywhere (relations.normalize)."""
+    return normalize(_matrix(name, x, layout))[0]
 
 
 def modality_gap(v, t) -> float:
@@ -453,9 +432,9 @@ def modality_gap(v, t) -> float:
 
     v: (N, D) image embeddings, t: (M, D) text embeddings (N and M may differ).
     """
-    vn, tn = _normalized("v", v), _normalized("t", t)
+    vn, tn = _normalized("v", v, "(N, D)"), _normalized("t", t, "(M, D)")
     if vn.shape[1] != tn.shape[1]:
-        raise ValueError(f"v and t must have the same width, got {vn.shape[1]} and {tn.shape[1]}")
+        raise ValueError(f"v and t: expected the same width D, got {vn.shape[1]} and {tn.shape[1]}")
     return float(np.linalg.norm(vn.mean(0) - tn.mean(0)))
 
 
@@ -464,10 +443,10 @@ def alignment(v, t, alpha: float = 2) -> float:
 
     v, t: (N, D), row i of each is a matching pair.
     """
-    vn, tn = _normalized("v", v), _normalized("t", t)
+    vn, tn = _normalized("v", v, "(N, D)"), _normalized("t", t, "(N, D)")
     if vn.shape != tn.shape:
-        raise ValueError(f"v and t must have the same shape (row i is a pair), got {vn.shape} and {tn.shape}")
-    alpha = _positive("alpha", alpha)
+        raise ValueError(f"v and t: expected the same shape (row i is a pair), got {vn.shape} and {tn.shape}")
+    alpha = checks.scalar("alpha", alpha, positive=True)
     return float(np.mean(np.linalg.norm(vn - tn, axis=1) ** alpha))
 
 
@@ -476,11 +455,11 @@ def uniformity(x, t: float = 2, *, chunk: int | None = None) -> float:
 
     x: (N, D) with N >= 2. Computed as a running log-sum-exp over chunks of rows, so large N needs no N x N array.
     """
-    xn = _normalized("x", x)
+    xn = _normalized("x", x, "(N, D)")
     n = xn.shape[0]
     if n < 2:
-        raise ValueError(f"x must have at least 2 rows, got {n}")
-    t = _positive("t", t)
+        raise ValueError(f"x: expected at least 2 rows (pairs of points), got {n}")
+    t = checks.scalar("t", t, positive=True)
     sq = (xn * xn).sum(1)  # (N,) 1, or 0 for a zero row
     total = -np.inf
     rows = _chunk_rows(chunk, n)

@@ -148,17 +148,17 @@ def test_recall_chunked_equals_unchunked_and_inputs_untouched():
 @pytest.mark.parametrize(
     "sim, txt2img, kwargs, match",
     [
-        (np.zeros(4), [0, 0, 0, 0], {}, "sim_i2t must be a 2-D"),
-        (np.array([[np.nan, 0.0]]), [0, 0], {}, "sim_i2t must be finite"),
-        (np.zeros((2, 3)), [0, 1], {}, "txt2img must be a 1-D array of length 3"),
-        (np.zeros((2, 3)), [0, 1, 2], {}, r"txt2img entries must lie in \[0, 2\)"),
-        (np.zeros((2, 3)), [0.0, 1.0, 1.0], {}, "txt2img must hold integers"),
-        (np.zeros((3, 3)), [0, 1, 1], {}, "image 2 has none"),
-        (np.zeros((2, 2)), [0, 1], {"ks": (0, 1)}, "ks must be an int >= 1"),
-        (np.zeros((2, 2)), [0, 1], {"ks": ()}, "ks must be"),
-        (np.zeros((2, 2)), [0, 1], {"ties": "random"}, "ties must be one of"),
-        (np.zeros((2, 2)), [0, 1], {"sim_t2i": np.zeros((3, 2))}, r"sim_t2i must have shape \(2, 2\)"),
-        (np.zeros((2, 2)), [0, 1], {"chunk": 0}, "chunk must be None or an int >= 1"),
+        (np.zeros(4), [0, 0, 0, 0], {}, "sim_i2t: expected a 2-D array"),
+        (np.array([[np.nan, 0.0]]), [0, 0], {}, "sim_i2t: expected finite values"),
+        (np.zeros((2, 3)), [0, 1], {}, "txt2img: expected a 1-D array of length 3"),
+        (np.zeros((2, 3)), [0, 1, 2], {}, r"txt2img: expected entries in \[0, 2\)"),
+        (np.zeros((2, 3)), [0.0, 1.0, 1.0], {}, "txt2img: expected integers"),
+        (np.zeros((3, 3)), [0, 1, 1], {}, "none for image 2"),
+        (np.zeros((2, 2)), [0, 1], {"ks": (0, 1)}, "ks: expected an int >= 1"),
+        (np.zeros((2, 2)), [0, 1], {"ks": ()}, "ks: expected"),
+        (np.zeros((2, 2)), [0, 1], {"ties": "random"}, "ties: expected one of"),
+        (np.zeros((2, 2)), [0, 1], {"sim_t2i": np.zeros((3, 2))}, r"sim_t2i: expected shape \(2, 2\)"),
+        (np.zeros((2, 2)), [0, 1], {"chunk": 0}, "chunk: expected None or an int >= 1"),
     ],
 )
 def test_recall_bad_input(sim, txt2img, kwargs, match):
@@ -243,17 +243,17 @@ def test_ndcg_chunked_equals_unchunked_and_inputs_untouched():
 @pytest.mark.parametrize(
     "scores, rel, k, kwargs, match",
     [
-        (np.zeros((2, 3)), np.zeros((2, 4)), 1, {}, "relevance must have the shape of scores"),
-        (np.zeros((2, 3)), -np.ones((2, 3)), 1, {}, "relevance must be >= 0"),
-        (np.full((2, 3), np.inf), np.zeros((2, 3)), 1, {}, "scores must be finite"),
-        (np.zeros((2, 3)), np.full((2, 3), np.nan), 1, {}, "relevance must be finite"),
-        (np.zeros((2, 3)), np.zeros((2, 3)), 0, {}, "k must be an int >= 1"),
-        (np.zeros((2, 3)), np.zeros((2, 3)), 2.5, {}, "k must be an int >= 1"),
-        (np.zeros((2, 3)), np.zeros((2, 3)), 1, {"exclude": np.array([0, 3])}, r"exclude entries must lie in"),
-        (np.zeros((2, 3)), np.zeros((2, 3)), 1, {"exclude": np.array([0])}, "exclude must be a 1-D array of len"),
-        (np.zeros((2, 1)), np.zeros((2, 1)), 1, {"exclude": np.array([0, 0])}, "at least 2 gallery columns"),
-        (np.zeros((2, 0)), np.zeros((2, 0)), 1, {}, "scores must be non-empty"),
-        (np.zeros((2, 3), dtype=bool), np.zeros((2, 3)), 1, {}, "scores must hold real numbers"),
+        (np.zeros((2, 3)), np.zeros((2, 4)), 1, {}, "relevance: expected the shape of scores"),
+        (np.zeros((2, 3)), -np.ones((2, 3)), 1, {}, "relevance: expected values >= 0"),
+        (np.full((2, 3), np.inf), np.zeros((2, 3)), 1, {}, "scores: expected finite values"),
+        (np.zeros((2, 3)), np.full((2, 3), np.nan), 1, {}, "relevance: expected finite values"),
+        (np.zeros((2, 3)), np.zeros((2, 3)), 0, {}, "k: expected an int >= 1"),
+        (np.zeros((2, 3)), np.zeros((2, 3)), 2.5, {}, "k: expected an int >= 1"),
+        (np.zeros((2, 3)), np.zeros((2, 3)), 1, {"exclude": np.array([0, 3])}, r"exclude: expected entries in"),
+        (np.zeros((2, 3)), np.zeros((2, 3)), 1, {"exclude": np.array([0])}, "exclude: expected a 1-D array of len"),
+        (np.zeros((2, 1)), np.zeros((2, 1)), 1, {"exclude": np.array([0, 0])}, "scores: expected at least 2 gallery"),
+        (np.zeros((2, 0)), np.zeros((2, 0)), 1, {}, "scores: expected a non-empty array"),
+        (np.array([["a", "b"]]), np.zeros((1, 2)), 1, {}, "scores: expected a numeric array"),
     ],
 )
 def test_ndcg_bad_input(scores, rel, k, kwargs, match):
@@ -311,14 +311,14 @@ def test_rouge_relevance_gives_one_for_own_image():
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda: rouge_l(3, ["a"]), "candidate must be a str"),
-        (lambda: rouge_l("a", []), "references must be a str or a non-empty sequence"),
-        (lambda: rouge_l("a", ["a", 2]), "references must be"),
-        (lambda: rouge_l("a", ["a"], beta=0), "beta must be a finite number > 0"),
-        (lambda: rouge_relevance("abc", [["a"]]), "captions must be a sequence of str"),
-        (lambda: rouge_relevance(["a"], [["a"], []]), r"image_captions\[1\] must be"),
-        (lambda: rouge_relevance(["a"], "a"), "image_captions must be a sequence"),
-        (lambda: rouge_relevance(["a"], [["a"]], beta=float("nan")), "beta must be"),
+        (lambda: rouge_l(3, ["a"]), "candidate: expected a str"),
+        (lambda: rouge_l("a", []), "references: expected a str or a non-empty sequence"),
+        (lambda: rouge_l("a", ["a", 2]), "references: expected"),
+        (lambda: rouge_l("a", ["a"], beta=0), "beta: expected a positive scalar"),
+        (lambda: rouge_relevance("abc", [["a"]]), "captions: expected a sequence of str"),
+        (lambda: rouge_relevance(["a"], [["a"], []]), r"image_captions\[1\]: expected"),
+        (lambda: rouge_relevance(["a"], "a"), "image_captions: expected a sequence"),
+        (lambda: rouge_relevance(["a"], [["a"]], beta=float("nan")), "beta: expected a finite scalar"),
     ],
 )
 def test_rouge_bad_input(call, match):
@@ -353,13 +353,13 @@ def test_uniformity_matches_loop_and_chunks():
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda: modality_gap(np.zeros((2, 3)), np.zeros((2, 4))), "v and t must have the same width"),
-        (lambda: modality_gap(np.full((2, 3), np.nan), np.zeros((2, 3))), "v must be finite"),
-        (lambda: alignment(np.ones((2, 3)), np.ones((3, 3))), "v and t must have the same shape"),
-        (lambda: alignment(np.ones((2, 3)), np.ones((2, 3)), alpha=0), "alpha must be a finite number > 0"),
-        (lambda: uniformity(np.ones((1, 3))), "x must have at least 2 rows"),
-        (lambda: uniformity(np.ones((2, 3)), t=-1), "t must be a finite number > 0"),
-        (lambda: uniformity(np.ones(3)), "x must be a 2-D array"),
+        (lambda: modality_gap(np.zeros((2, 3)), np.zeros((2, 4))), "v and t: expected the same width"),
+        (lambda: modality_gap(np.full((2, 3), np.nan), np.zeros((2, 3))), "v: expected finite values"),
+        (lambda: alignment(np.ones((2, 3)), np.ones((3, 3))), "v and t: expected the same shape"),
+        (lambda: alignment(np.ones((2, 3)), np.ones((2, 3)), alpha=0), "alpha: expected a positive scalar"),
+        (lambda: uniformity(np.ones((1, 3))), "x: expected at least 2 rows"),
+        (lambda: uniformity(np.ones((2, 3)), t=-1), "t: expected a positive scalar"),
+        (lambda: uniformity(np.ones(3)), "x: expected a 2-D array"),
     ],
 )
 def test_diagnostics_bad_input(call, match):
