@@ -1,0 +1,224 @@
+"""`TrainConfig`: the one config object of a training run (data, model, both stages, objective, runtime).
+
+A run is fully described by its config: `config.json` in the run folder is `TrainConfig.to_json()`, every
+checkpoint carries `to_dict()`, and `--resume` refuses a checkpoint whose config differs. Validation happens in
+`__post_init__`, so a bad value fails when the config is made, with a `ValueError` naming the field.
+
+Loss weights are by name (DESIGN §2): `itc, itm, iic, ttc, kd, kdi, kdt`. Stage 1 uses `stage1_weights`
+(the official ITC + 2·ITM), stage 2 uses `weights` (the official 1, 2, 1, 2, 2, 1, 1). A compute-matched
+baseline is stage 2 with `weights={"itc": 1, "itm": 2}`; any ablation is a choice of weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOSS_NAMES = ("itc", "itm", "iic", "ttc", "kd", "kdi", "kdt")
+OFFICIAL_WEIGHTS = {"itc": 1.0, "itm": 2.0, "iic": 1.0, "ttc": 2.0, "kd": 2.0, "kdi": 1.0, "kdt": 1.0}
+STAGE1_WEIGHTS = {"itc": 1.0, "itm": 2.0}
+BASELINE_WEIGHTS = {"itc": 1.0, "itm": 2.0}
+DISTANCES = ("mae", "mse", "cumsum_l1", "wasserstein")
+IMAGE_TEACHERS = ("supervised", "ssl")
+TAU2_MODES = ("learnable", "fixed")
+LAMBDA_MODES = ("unconstrained", "sigmoid")
+STUDENT_RELATIONS = ("fused", "projected")
+DEVICES = ("cpu", "cuda")
+AUGMENTS = ("none", "mild")
+SELECT_ON = ("r_mean", "last")
+
+
+def _check_weights(name: str, weights: dict) -> dict[str, float]:
+    if not isinstance(weights, dict):
+        raise ValueError(f"{name} must be a dict from loss name to weight, got {type(weights).__name__}")
+    out: dict[str, float] = {}
+    for key, value in weights.items():
+        if key not in LOSS_NAMES:
+            raise ValueError(f"{name}: unknown loss name {key!r}; expected some of {', '.join(LOSS_NAMES)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name}[{key!r}] must be a finite number >= 0, got {value!r}")
+        out[key] = float(value)
+    if not any(out.values()):
+        raise ValueError(f"{name} must give at least one loss a positive weight, got {weights!r}")
+    return out
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """`"itc=1,itm=2,kd=0.5"` -> `{"itc": 1.0, "itm": 2.0, "kd": 0.5}`; loss names not given get weight 0."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"weights: expected NAME=VALUE pairs separated by commas, got {part!r}")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"weights: {key.strip()!r} needs a number, got {value!r}") from None
+    return _check_weights("weights", out)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs. Defaults are the `rebalance demo` run (text-poor shapes world, tiny student)."""
+
+    # --- data: the synthetic shapes world (preset) or a folder written by `rebalance data make` / Karpathy-style
+    preset: str = "text-poor"
+    data_dir: str | None = None
+    n_train: int = 2000
+    n_val: int = 300
+    n_test: int = 500
+    image_size: int = 32
+    max_len: int = 32
+    augment: str = "none"
+    # --- teachers: trained on the fly ("supervised" needs synthetic attributes) or user-supplied .npy features
+    image_teacher: str = "supervised"
+    teacher_epochs: int | None = None
+    teacher_dir: str | None = None
+    # --- student
+    model: str = "tiny"
+    model_overrides: dict = field(default_factory=dict)
+    # --- optimisation (AdamW; linear warm-up for `warmup` of the stage's steps, then linear decay to 0)
+    stage1_steps: int = 1200
+    stage2_steps: int = 800
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    grad_clip: float | None = 5.0
+    # --- objective
+    stage1_weights: dict = field(default_factory=lambda: dict(STAGE1_WEIGHTS))
+    weights: dict = field(default_factory=lambda: dict(OFFICIAL_WEIGHTS))
+    distance: str = "mae"
+    tau2: str = "learnable"
+    tau2_init: float = 0.07
+    lam: str = "unconstrained"
+    lam_init: float = 0.5
+    tau_clamp: list | None = field(default_factory=lambda: [0.01, 0.5])
+    student_relation: str = "fused"
+    # --- selection and evaluation
+    eval_every: int = 200
+    select_on: str = "r_mean"
+    k_test: int = 16
+    # --- runtime
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_val", "n_test", "image_size", "max_len", "batch_size", "eval_every", "k_test",
+                     "threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (relations and ITM negatives need a batch), "
+                             f"got {self.batch_size}")
+        for name in ("stage1_steps", "stage2_steps", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.stage1_steps + self.stage2_steps == 0:
+            raise ValueError("stage1_steps and stage2_steps are both 0: nothing to train")
+        if self.teacher_epochs is not None and (not isinstance(self.teacher_epochs, int) or self.teacher_epochs < 1):
+            raise ValueError(f"teacher_epochs must be None or an integer >= 1, got {self.teacher_epochs!r}")
+        for name, low, high in (("lr", 0.0, 1.0), ("weight_decay", 0.0, 10.0), ("warmup", 0.0, 1.0),
+                                ("tau2_init", 0.0, 100.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            if not (low <= value <= high) or (name in ("lr", "tau2_init") and value == 0):
+                raise ValueError(f"{name} must lie in {'(' if name in ('lr', 'tau2_init') else '['}{low}, {high}], "
+                                 f"got {value!r}")
+            setattr(self, name, float(value))
+        if self.grad_clip is not None and (not isinstance(self.grad_clip, (int, float)) or not self.grad_clip > 0):
+            raise ValueError(f"grad_clip must be None or a number > 0, got {self.grad_clip!r}")
+        if not isinstance(self.lam_init, (int, float)) or not math.isfinite(self.lam_init):
+            raise ValueError(f"lam_init must be a finite number, got {self.lam_init!r}")
+        if self.lam == "sigmoid" and not 0 < self.lam_init < 1:
+            raise ValueError(f"lam_init must lie in (0, 1) when lam='sigmoid', got {self.lam_init!r}")
+        for name, allowed in (("distance", DISTANCES), ("image_teacher", IMAGE_TEACHERS), ("tau2", TAU2_MODES),
+                              ("lam", LAMBDA_MODES), ("student_relation", STUDENT_RELATIONS),
+                              ("device", DEVICES), ("select_on", SELECT_ON), ("augment", AUGMENTS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        if self.tau_clamp is not None:
+            clamp = list(self.tau_clamp)
+            if (len(clamp) != 2 or not all(isinstance(c, (int, float)) for c in clamp)
+                    or not 0 < clamp[0] < clamp[1]):
+                raise ValueError(f"tau_clamp must be None or [low, high] with 0 < low < high, got {self.tau_clamp!r}")
+            self.tau_clamp = [float(c) for c in clamp]
+        self.stage1_weights = _check_weights("stage1_weights", self.stage1_weights)
+        self.weights = _check_weights("weights", self.weights)
+        for key in ("iic", "ttc", "kd", "kdi", "kdt"):
+            if self.stage1_weights.get(key, 0.0):
+                raise ValueError(f"stage1_weights[{key!r}]: stage 1 has no teachers' terms; use only itc and itm")
+        if not isinstance(self.model_overrides, dict):
+            raise ValueError(f"model_overrides must be a dict, got {type(self.model_overrides).__name__}")
+        if self.data_dir is None:
+            from rebalance_ref.shapes import PRESETS
+
+            if self.preset not in PRESETS:
+                raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {self.preset!r}")
+
+    # --- derived ---------------------------------------------------------------------------------------------
+    def weight(self, name: str, stage: int) -> float:
+        """The weight of loss `name` in `stage` (1 or 2); names not given weigh 0."""
+        return (self.stage1_weights if stage == 1 else self.weights).get(name, 0.0)
+
+    def uses_teachers(self) -> bool:
+        """True when stage 2 has any term that reads teacher features."""
+        return self.stage2_steps > 0 and any(self.weights.get(k, 0.0) for k in ("iic", "ttc", "kd", "kdi", "kdt"))
+
+    def replace(self, **changes) -> TrainConfig:
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    # --- JSON round trip -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        if not isinstance(data, dict):
+            raise ValueError(f"config must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"config: unknown field(s) {', '.join(unknown)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"config: not valid JSON ({err})") from None
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config: no such file {path}")
+        try:
+            return cls.from_json(path.read_text())
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+
+    def differences(self, other: TrainConfig, ignore: tuple[str, ...] = ()) -> dict[str, tuple]:
+        """Fields whose values differ, as `{name: (self_value, other_value)}`, skipping `ignore`."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {k: (mine[k], theirs[k]) for k in mine if k not in ignore and mine[k] != theirs[k]}
+
+
+# Fields that may change between a run and its resumption without changing what is computed.
+RUNTIME_FIELDS = ("device", "threads")

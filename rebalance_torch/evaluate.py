@@ -1,0 +1,272 @@
+"""The paper's evaluation (DESIGN §3), computed with `rebalance_ref.metrics` only.
+
+For a split of N images with their captions (C = 5N on val/test):
+
+- cross-modal R@1/5/10 (i2t, t2i, means, r_mean) scored two ways: the embedding cosine `v tᵀ` (what a
+  dual-encoder retriever serves: keys `cos_*`), and the paper's re-ranking (keys `itm_*`): each query's top
+  `k_test` by cosine re-scored by the ITM "matched" logit; items outside the top-k score below every candidate.
+- single-modal NDCG@10/20/50: I2I (query image i, gallery the other images) and T2T (query the first caption of
+  each image, gallery the other captions) — keys `rouge_i2i@10`, `rouge_t2t@10`, ...;
+- mixed NDCG@10/20/50: I2IT (query image i, gallery all images and all captions) and T2IT (query the first caption
+  of each image, gallery all captions and all images), the query itself always removed — `rouge_i2it@10`, ...;
+- the same four with relevance from the true scene attributes on synthetic data — `attr_i2i@10`, ...;
+- geometry: `modality_gap`, `alignment` (over matching pairs), `uniformity_image`, `uniformity_text`.
+
+Relevance, as the official code / TERAN: M = rouge_relevance(captions, captions per image) (C × N),
+M[c, j] = ROUGE-L of caption c against the captions of image j; an image stands for its first caption.
+
+Mixed retrieval uses one scale for both blocks: cosine in the shared space for image–image, image–text and
+text–text alike. The official code mixes cosines with unbounded ITM logits (−100 outside the top-k), which
+ranks any caption with a logit above 1 over every image; cosine on both blocks instead measures what the
+retrieval space itself does, including the cost of a modality gap. Single-modal and mixed NDCG use the
+projected D-dimensional embeddings (the official final evaluation's choice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rebalance_ref import metrics
+from rebalance_ref.dataset import CaptionedImages
+
+NDCG_KS = (10, 20, 50)
+RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "i2t_mean", "t2i_mean", "r_mean")
+
+
+@dataclass
+class Relevance:
+    """Graded relevance of a split: `rouge` (C, N) = M, `attr` (N, N) from scene attributes (or None),
+    `txt2img` (C,) image of each caption, `first` (N,) the row of each image's first caption."""
+
+    rouge: np.ndarray
+    attr: np.ndarray | None
+    txt2img: np.ndarray
+    first: np.ndarray
+
+
+def split_relevance(split: CaptionedImages) -> Relevance:
+    """ROUGE-L relevance (and attribute relevance when the split has attributes) of a split, computed once."""
+    txt2img, flat = split.pairs()
+    counts = np.bincount(txt2img, minlength=len(split))
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    rouge = np.asarray(metrics.rouge_relevance(flat, split.captions), dtype=np.float32)
+    attr = None
+    if split.attributes is not None:
+        from rebalance_ref.shapes import attribute_relevance
+
+        attr = np.asarray(attribute_relevance(split.attributes, split.attributes), dtype=np.float32)
+    return Relevance(rouge=rouge, attr=attr, txt2img=txt2img, first=first)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _ndcg(scores: np.ndarray, relevance: np.ndarray, exclude: np.ndarray, ks, prefix: str, out: dict) -> None:
+    per_k = metrics.ndcg_at_k(scores, relevance, tuple(ks), exclude=exclude)  # one ranking for every k
+    for k in ks:
+        out[f"{prefix}@{k}"] = 100.0 * float(np.mean(per_k[k]))
+
+
+def _relevance_blocks(rel: Relevance, kind: str) -> dict[str, np.ndarray] | None:
+    """Per-query relevance rows for I2I (N×N), T2T (N×C), I2IT (N×(N+C)), T2IT (N×(C+N)) of one kind."""
+    if kind == "rouge":
+        m = rel.rouge
+        i2i = m[rel.first]               # image i stands for its first caption: M[first_i, j]
+        t2t = m.T                        # query q (first caption of image q) vs caption c: M[c, q]
+        i2t = m.T                        # image i vs caption c: M[c, i]
+        t2i = m[rel.first]               # query caption first_q vs image j: M[first_q, j]
+    elif kind == "attr":
+        if rel.attr is None:
+            return None
+        a = rel.attr
+        i2i, t2t, i2t, t2i = a, a[:, rel.txt2img], a[:, rel.txt2img], a
+    else:
+        raise ValueError(f"kind must be 'rouge' or 'attr', got {kind!r}")
+    return {"i2i": i2i, "t2t": t2t, "i2it": np.concatenate([i2i, i2t], axis=1),
+            "t2it": np.concatenate([t2t, t2i], axis=1)}
+
+
+def single_modal_ndcg(image_features: np.ndarray | None, text_features: np.ndarray | None, rel: Relevance,
+                      ks=NDCG_KS) -> dict[str, float]:
+    """I2I NDCG@k from `image_features` (N, d) and T2T from `text_features` (C, d'), by cosine, for every
+    relevance kind the split has. Features of any width: the student's v/t or a teacher's."""
+    out: dict[str, float] = {}
+    n = len(rel.first)
+    for kind in ("rouge", "attr"):
+        blocks = _relevance_blocks(rel, kind)
+        if blocks is None:
+            continue
+        if image_features is not None:
+            v = _unit(image_features)
+            _ndcg(v @ v.T, blocks["i2i"], np.arange(n), ks, f"{kind}_i2i", out)
+        if text_features is not None:
+            t = _unit(text_features)
+            _ndcg(t[rel.first] @ t.T, blocks["t2t"], rel.first, ks, f"{kind}_t2t", out)
+    return out
+
+
+def mixed_ndcg(v: np.ndarray, t: np.ndarray, rel: Relevance, ks=NDCG_KS) -> dict[str, float]:
+    """I2IT and T2IT NDCG@k: galleries of all images and all captions, cosine on both blocks, query removed."""
+    out: dict[str, float] = {}
+    v, t = _unit(v), _unit(t)
+    n = len(v)
+    i2it = np.concatenate([v @ v.T, v @ t.T], axis=1)                       # (N, N + C)
+    t2it = np.concatenate([t[rel.first] @ t.T, t[rel.first] @ v.T], axis=1)  # (N, C + N)
+    for kind in ("rouge", "attr"):
+        blocks = _relevance_blocks(rel, kind)
+        if blocks is None:
+            continue
+        _ndcg(i2it, blocks["i2it"], np.arange(n), ks, f"{kind}_i2it", out)
+        _ndcg(t2it, blocks["t2it"], rel.first, ks, f"{kind}_t2it", out)
+    return out
+
+
+# --- the student's side ----------------------------------------------------------------------------------------
+
+@dataclass
+class SplitEmbeddings:
+    """A student's view of a split: tokens for ITM re-ranking and unit embeddings v (N, D), t (C, D)."""
+
+    image_tokens: object  # torch.Tensor (N, 1+P, W_v)
+    text_tokens: object   # torch.Tensor (C, L, W_t)
+    mask: object          # torch.Tensor (C, L)
+    v: np.ndarray
+    t: np.ndarray
+    txt2img: np.ndarray
+
+
+def encode_split(student, split: CaptionedImages, tokenizer, device: str = "cpu", batch_size: int = 256,
+                 keep_tokens: bool = True) -> SplitEmbeddings:
+    """Run both towers over a split (eval mode, no grad), image-major caption order of `split.pairs()`."""
+    import torch
+
+    from rebalance_ref.images import to_model_input
+
+    txt2img, flat = split.pairs()
+    ids, mask = tokenizer.encode(flat, max_len=student.config.max_len)
+    ids_t, mask_t = torch.as_tensor(ids, dtype=torch.int64), torch.as_tensor(mask, dtype=torch.int64)
+    was_training = student.training
+    student.eval()
+    image_tokens, vs, text_tokens, ts = [], [], [], []
+    with torch.no_grad():
+        for start in range(0, len(split), batch_size):
+            images = torch.from_numpy(to_model_input(split.images[start:start + batch_size])).to(device)
+            tokens, pooled = student.encode_image(images)
+            vs.append(student.project_image(pooled).float().cpu())
+            if keep_tokens:
+                image_tokens.append(tokens.cpu())
+        for start in range(0, len(flat), batch_size):
+            i, m = ids_t[start:start + batch_size].to(device), mask_t[start:start + batch_size].to(device)
+            tokens, pooled = student.encode_text(i, m)
+            ts.append(student.project_text(pooled).float().cpu())
+            if keep_tokens:
+                text_tokens.append(tokens.cpu())
+    student.train(was_training)
+    return SplitEmbeddings(image_tokens=torch.cat(image_tokens) if keep_tokens else None,
+                           text_tokens=torch.cat(text_tokens) if keep_tokens else None, mask=mask_t,
+                           v=torch.cat(vs).numpy(), t=torch.cat(ts).numpy(), txt2img=txt2img)
+
+
+def itm_rerank(student, emb: SplitEmbeddings, k: int, device: str = "cpu", batch_size: int = 1024):
+    """The paper's scoring: top-`k` by cosine per query, re-scored by the ITM matched logit (column 1).
+
+    Returns `(score_i2t (N, C), score_t2i (C, N))`; entries outside a query's top-k get a floor one below the
+    smallest candidate logit, so every candidate outranks every non-candidate (finite, unlike the official −100
+    which a logit could undercut).
+    """
+    import torch
+
+    sims = emb.v @ emb.t.T  # (N, C)
+
+    def score(queries_are_images: bool) -> np.ndarray:
+        s = sims if queries_are_images else sims.T
+        kk = min(k, s.shape[1])
+        cand = np.argpartition(-s, kk - 1, axis=1)[:, :kk]  # (Q, kk), any order
+        q_idx = np.repeat(np.arange(s.shape[0]), kk)
+        g_idx = cand.reshape(-1)
+        img_idx, txt_idx = (q_idx, g_idx) if queries_are_images else (g_idx, q_idx)
+        logits = np.empty(len(q_idx), dtype=np.float32)
+        was_training = student.training
+        student.eval()
+        with torch.no_grad():
+            for start in range(0, len(q_idx), batch_size):
+                ti = torch.from_numpy(txt_idx[start:start + batch_size])
+                ii = torch.from_numpy(img_idx[start:start + batch_size])
+                out = student.itm_logits(emb.text_tokens[ti].to(device), emb.mask[ti].to(device),
+                                         emb.image_tokens[ii].to(device))
+                logits[start:start + len(ti)] = out[:, 1].float().cpu().numpy()
+        student.train(was_training)
+        full = np.full(s.shape, logits.min() - 1.0, dtype=np.float32)
+        full[q_idx, g_idx] = logits
+        return full
+
+    return score(True), score(False)
+
+
+def recall_pair(score_i2t: np.ndarray, score_t2i: np.ndarray, txt2img: np.ndarray, prefix: str) -> dict:
+    """R@K when the two directions have their own score matrices (ITM re-ranking), keys `{prefix}_*`."""
+    rec = metrics.retrieval_recall(score_i2t, txt2img, sim_t2i=score_t2i)
+    return {f"{prefix}_{k}": float(rec[k]) for k in RECALL_KEYS}
+
+
+def cosine_recall(emb: SplitEmbeddings) -> dict[str, float]:
+    """R@K by embedding cosine (`cos_*` keys); the validation criterion for model selection."""
+    rec = metrics.retrieval_recall(emb.v @ emb.t.T, emb.txt2img)
+    return {f"cos_{k}": float(rec[k]) for k in RECALL_KEYS}
+
+
+def geometry(emb: SplitEmbeddings) -> dict[str, float]:
+    """Modality gap, alignment of matching pairs, uniformity of each modality (Wang & Isola)."""
+    return {"modality_gap": float(metrics.modality_gap(emb.v, emb.t)),
+            "alignment": float(metrics.alignment(emb.v[emb.txt2img], emb.t)),
+            "uniformity_image": float(metrics.uniformity(emb.v)),
+            "uniformity_text": float(metrics.uniformity(emb.t))}
+
+
+def evaluate_student(student, split: CaptionedImages, tokenizer, relevance: Relevance | None = None,
+                     k_test: int = 16, device: str = "cpu", itm: bool = True) -> dict[str, float]:
+    """Every metric of DESIGN §3 for one student on one split, as a flat dict of floats (percent for R@K/NDCG)."""
+    relevance = relevance if relevance is not None else split_relevance(split)
+    emb = encode_split(student, split, tokenizer, device=device, keep_tokens=itm)
+    out = cosine_recall(emb)
+    if itm:
+        out.update(recall_pair(*itm_rerank(student, emb, k_test, device=device), emb.txt2img, "itm"))
+    out.update(single_modal_ndcg(emb.v, emb.t, relevance))
+    out.update(mixed_ndcg(emb.v, emb.t, relevance))
+    out.update(geometry(emb))
+    return out
+
+
+def evaluate_run(run_dir, which: str = "best", split: str = "test", device: str = "cpu") -> dict:
+    """Load a run's student (`checkpoint.load_student`), rebuild its data from the config, evaluate a split."""
+    from rebalance_torch.checkpoint import load_student
+    from rebalance_torch.train import load_splits
+
+    student, config, tokenizer = load_student(run_dir, which=which, map_location=device)
+    splits = load_splits(config)
+    if split not in splits:
+        raise ValueError(f"split must be one of {', '.join(splits)}, got {split!r}")
+    return evaluate_student(student, splits[split], tokenizer, k_test=config.k_test, device=device)
+
+
+# --- presentation ----------------------------------------------------------------------------------------------
+
+HEADLINE = (("cos_r_mean", "R-mean (cos)"), ("itm_r_mean", "R-mean (ITM)"), ("rouge_i2i@10", "I2I@10"),
+            ("rouge_t2t@10", "T2T@10"), ("rouge_i2it@10", "I2IT@10"), ("rouge_t2it@10", "T2IT@10"),
+            ("attr_i2i@10", "I2I@10 attr"), ("attr_t2t@10", "T2T@10 attr"), ("attr_i2it@10", "I2IT@10 attr"),
+            ("attr_t2it@10", "T2IT@10 attr"), ("modality_gap", "gap"))
+
+
+def markdown_table(rows: dict[str, dict[str, float]], columns=HEADLINE, digits: int = 2) -> str:
+    """A markdown table: one row per named result, the headline columns that any row has."""
+    cols = [(k, label) for k, label in columns if any(k in r for r in rows.values())]
+    lines = ["| run | " + " | ".join(label for _, label in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    for name, r in rows.items():
+        cells = [f"{r[k]:.{digits}f}" if k in r else "" for k, _ in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
