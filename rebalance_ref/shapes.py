@@ -503,6 +503,28 @@ def attribute_targets(attributes: list) -> tuple[np.ndarray, list[str]]:
     return y, attribute_target_names()
 
 
+def _object_types(codes: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """One id per object slot (N, K): shape, colour, size and cell combined; empty slots get the last id."""
+    ns, nc, nz = len(SHAPES), len(COLOURS), len(SIZES)
+    cell = codes[..., 3] * GRID + codes[..., 4]
+    ids = ((cell * nz + codes[..., 2]) * nc + codes[..., 1]) * ns + codes[..., 0]
+    return np.where(mask, ids, ns * nc * nz * GRID * GRID)
+
+
+def _object_similarity_table() -> np.ndarray:
+    """sim(o, p) for every pair of object types, float32 (T + 1, T + 1); the extra type (empty) matches nothing."""
+    ns, nc, nz, ncell = len(SHAPES), len(COLOURS), len(SIZES), GRID * GRID
+    t = np.arange(ns * nc * nz * ncell)
+    shape, colour, size, cell = t % ns, (t // ns) % nc, (t // (ns * nc)) % nz, t // (ns * nc * nz)
+    row, col = cell // GRID, cell % GRID
+    same = ((shape[:, None] == shape[None]).astype(np.float32) + (colour[:, None] == colour[None])
+            + (size[:, None] == size[None]))
+    dist = np.abs(row[:, None] - row[None]) + np.abs(col[:, None] - col[None])
+    table = np.zeros((len(t) + 1, len(t) + 1), dtype=np.float32)
+    table[:-1, :-1] = (same + np.maximum(0.0, 1.0 - dist / POSITION_SCALE)) / 4.0
+    return table
+
+
 def attribute_relevance(attrs_a: list, attrs_b: list, chunk: int = 256) -> np.ndarray:
     """Graded relevance between scenes from their true attributes, float32 (Na, Nb) in [0, 1].
 
@@ -513,17 +535,17 @@ def attribute_relevance(attrs_a: list, attrs_b: list, chunk: int = 256) -> np.nd
     """
     ca, ma = _encode(attrs_a)
     cb, mb = _encode(attrs_b)
-    max_count = np.maximum(ma.sum(1)[:, None], mb.sum(1)[None, :]).astype(np.float64)  # (Na, Nb)
+    table = _object_similarity_table()  # (T + 1, T + 1) float32, last row/column: an empty slot
+    ta, tb = _object_types(ca, ma), _object_types(cb, mb)  # (N, K) type ids
+    max_count = np.maximum(ma.sum(1)[:, None], mb.sum(1)[None, :]).astype(np.float32)  # (Na, Nb)
     out = np.empty((len(ca), len(cb)), dtype=np.float32)
     perms = list(itertools.permutations(range(MAX_OBJECTS)))
     for lo in range(0, len(ca), chunk):
-        a, am = ca[lo:lo + chunk, None, :, None, :], ma[lo:lo + chunk, None, :, None]  # (a, 1, K, 1, 5)
-        b, bm = cb[None, :, None, :, :], mb[None, :, None, :]  # (1, Nb, 1, K, 5)
-        same = (a[..., :3] == b[..., :3]).sum(-1)  # (a, Nb, K, K)
-        dist = np.abs(a[..., 3] - b[..., 3]) + np.abs(a[..., 4] - b[..., 4])
-        sim = (same + np.maximum(0.0, 1.0 - dist / POSITION_SCALE)) / 4.0
-        sim = np.where(am & bm, sim, 0.0)  # empty slots match nothing
-        best = np.max([sum(sim[:, :, r, p[r]] for r in range(MAX_OBJECTS)) for p in perms], axis=0)
+        rows = table[ta[lo:lo + chunk]]  # (a, K, T + 1): similarity of each of a's objects to every type
+        sim = [[rows[:, r][:, tb[:, c]] for c in range(MAX_OBJECTS)] for r in range(MAX_OBJECTS)]  # K x K (a, Nb)
+        best = sim[0][perms[0][0]] + sim[1][perms[0][1]] + sim[2][perms[0][2]]
+        for p in perms[1:]:
+            np.maximum(best, sim[0][p[0]] + sim[1][p[1]] + sim[2][p[2]], out=best)
         out[lo:lo + chunk] = best / max_count[lo:lo + chunk]
     return out
 
