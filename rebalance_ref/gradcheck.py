@@ -16,7 +16,7 @@ import numpy as np
 
 from rebalance_ref.tolerances import FD_FLOOR, FD_STEP
 
-__all__ = ["relative_error", "numeric_gradient", "gradient_errors"]
+__all__ = ["relative_error", "numeric_gradient", "analytic_vjp", "gradient_errors"]
 
 
 def relative_error(analytic, numeric, floor: float = FD_FLOOR) -> float:
@@ -51,28 +51,31 @@ def numeric_gradient(phi, inputs: dict, name: str, step: float = FD_STEP):
     return float(grad) if is_number else grad
 
 
-def gradient_errors(fn, inputs: dict, wrt=None, *, seed: int = 0, step: float = FD_STEP) -> dict[str, float]:
-    """Relative error between fn's analytic gradients and central differences, per argument.
-
-    fn(**inputs) returns (value, grads) as every rebalance_ref formula does; for an array value fn must accept
-    `grad_out`. `wrt` lists the argument names to check (default: every key of grads). Returns {name: error}.
-    """
+def analytic_vjp(fn, inputs: dict, seed: int = 0):
+    """fn's value, a seeded random upstream gradient g shaped like it (a float for a scalar value), and fn's
+    gradients contracted with g: g * grads for a scalar value, fn(..., grad_out=g) for an array value.
+    Returns (value, g, {name: gradient})."""
     value, grads = fn(**inputs)
     rng = np.random.default_rng(seed)
     if np.ndim(value) == 0:
         g = float(rng.standard_normal())
-        analytic = {k: g * np.asarray(v) for k, v in grads.items()}
+        return value, g, {k: g * np.asarray(v) for k, v in grads.items()}
+    g = rng.standard_normal(np.shape(value))
+    return value, g, fn(**inputs, grad_out=g)[1]
 
-        def phi(**kw):
-            return g * fn(**kw)[0]
-    else:
-        g = rng.standard_normal(np.shape(value))
-        analytic = fn(**inputs, grad_out=g)[1]
 
-        def phi(**kw):
-            return np.sum(g * fn(**kw)[0])
+def gradient_errors(fn, inputs: dict, wrt=None, *, seed: int = 0, step: float = FD_STEP) -> dict[str, float]:
+    """Relative error between fn's analytic gradients and central differences, per argument.
 
-    names = list(grads) if wrt is None else list(wrt)
+    fn(**inputs) returns (value, grads) as every rebalance_ref formula does; for an array value fn must accept
+    `grad_out`. `wrt` lists the argument names to check (default: every gradient fn returns). Returns {name: error}.
+    """
+    _, g, analytic = analytic_vjp(fn, inputs, seed)
+
+    def phi(**kw):
+        return np.sum(g * fn(**kw)[0])
+
+    names = list(analytic) if wrt is None else list(wrt)
     missing = [k for k in names if k not in analytic]
     if missing:
         raise ValueError(f"wrt: expected names among the gradients {sorted(analytic)}, got {missing}")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from rebalance_ref.gradcheck import gradient_errors, numeric_gradient, relative_error
+from rebalance_ref.gradcheck import analytic_vjp, gradient_errors, numeric_gradient, relative_error
 from rebalance_ref.tolerances import FD_FLOOR, FD_REL_TOL
 
 
@@ -65,3 +65,13 @@ def test_gradient_errors_wrt_subset_and_unknown():
     assert set(gradient_errors(cube_sum, inputs, wrt=["c"])) == {"c"}
     with pytest.raises(ValueError, match="wrt: expected names among the gradients"):
         gradient_errors(cube_sum, inputs, wrt=["y"])
+
+
+def test_analytic_vjp_contracts_with_the_upstream():
+    x = np.array([1.0, -2.0])
+    value, g, grads = analytic_vjp(cube_sum, {"x": x, "c": 2.0}, seed=5)
+    assert isinstance(g, float) and value == pytest.approx(-14.0)
+    np.testing.assert_allclose(grads["x"], g * 6 * x**2)
+    value, g, grads = analytic_vjp(outer, {"x": x, "c": 2.0}, seed=5)
+    assert g.shape == value.shape == (2, 2)
+    np.testing.assert_allclose(grads["x"], 2.0 * (g + g.T) @ x)

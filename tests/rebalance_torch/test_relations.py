@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from rebalance_ref import relations as ref
+from rebalance_ref.gradcheck import analytic_vjp
 from rebalance_ref.tolerances import (
     GRADCHECK_ATOL,
     GRADCHECK_EPS,
@@ -32,15 +33,7 @@ def to_torch(value, requires_grad=False, dtype=torch.float64):
 def assert_parity(ref_fn, torch_fn, inputs, seed=0):
     """The NumPy reference and its torch mirror agree on the value and on the gradient of every argument the
     reference differentiates (torch by autograd through a random upstream gradient). Returns the names checked."""
-    value, _ = ref_fn(**inputs)
-    rng = np.random.default_rng(seed)
-    if np.ndim(value) == 0:
-        upstream = float(rng.standard_normal())
-        _, grads = ref_fn(**inputs)
-        grads = {k: upstream * np.asarray(g) for k, g in grads.items()}
-    else:
-        upstream = rng.standard_normal(np.shape(value))
-        _, grads = ref_fn(**inputs, grad_out=upstream)
+    value, upstream, grads = analytic_vjp(ref_fn, inputs, seed)
     tensors = {k: to_torch(v, requires_grad=k in grads) for k, v in inputs.items()}
     out = torch_fn(**tensors)
     np.testing.assert_allclose(out.detach().numpy(), value, rtol=PARITY64_RTOL, atol=PARITY64_ATOL)
