@@ -64,7 +64,7 @@ COLOUR_RGB = {
     "orange": (245, 140, 30),
 }
 SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
-SIZE_RADIUS = {"small": 0.24, "large": 0.42}  # object radius as a fraction of the grid cell side
+SIZE_RADIUS = {"small": 0.28, "large": 0.42}  # object radius as a fraction of the grid cell side
 _ROW_WORDS = ("top", "middle", "bottom")
 _COL_WORDS = ("left", "center", "right")
 BACKGROUND = (24, 24, 28)
