@@ -27,6 +27,8 @@ from rebalance_ref.text import words
 
 # Elements per (rows x gallery) temporary; chunks of queries are sized to stay near this.
 _CHUNK_ELEMENTS = 1 << 22
+# Elements per chunk when ranking (NDCG): cache-sized blocks partition faster than large ones.
+_RANK_ELEMENTS = 1 << 18
 # Candidate x reference pairs per tile of the bit-parallel LCS (about 2 MB of bit vectors, cache-sized).
 _LCS_TILE = 1 << 18
 # Candidate x reference pairs per chunk of images in rouge_relevance (bounds its float temporaries, ~8 MB each).
@@ -74,9 +76,10 @@ def _ties(ties: str) -> bool:
     return ties == "optimistic"
 
 
-def _chunk_rows(chunk: int | None, n_cols: int) -> int:
+def _chunk_rows(chunk: int | None, n_cols: int, elements: int = _CHUNK_ELEMENTS) -> int:
+    """Rows per chunk: `chunk` if given, else as many as keep a (rows x n_cols) temporary near `elements`."""
     if chunk is None:
-        return max(1, _CHUNK_ELEMENTS // max(1, n_cols))
+        return max(1, elements // max(1, n_cols))
     if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
         raise ValueError(f"chunk: expected None or an int >= 1, got {chunk!r}")
     return int(chunk)
@@ -155,23 +158,24 @@ def retrieval_recall(sim_i2t, txt2img, ks=(1, 5, 10), *, sim_t2i=None, ties: str
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _ranked_top(neg: np.ndarray, tiebreak: np.ndarray, kmax: int) -> np.ndarray:
+def _ranked_top(neg: np.ndarray, rel: np.ndarray, sign: float, kmax: int) -> np.ndarray:
     """Gallery indices (C, kmax) of each row's kmax best items, in rank order.
 
-    neg: (C, G) negated scores (ascending = better); tiebreak: (C, G) secondary key, ascending. Top-k by
-    `argpartition`; rows whose k-th value is tied with items left outside the partition are redone exactly.
+    neg: (C, G) negated scores (ascending = better); ties are ordered by ascending sign·rel (rel: (C, G)).
+    Top-k by `argpartition`; rows whose k-th value is tied with items left outside the partition are redone
+    with a full sort.
     """
     g = neg.shape[1]
     if kmax >= g:
-        return np.lexsort((tiebreak, neg), axis=1)
+        return np.lexsort((sign * rel, neg), axis=1)
     part = np.argpartition(neg, kmax - 1, axis=1)[:, :kmax]  # (C, kmax), unordered
     part_neg = np.take_along_axis(neg, part, 1)
-    order = np.lexsort((np.take_along_axis(tiebreak, part, 1), part_neg), axis=1)
+    order = np.lexsort((sign * np.take_along_axis(rel, part, 1), part_neg), axis=1)
     top = np.take_along_axis(part, order, 1)
-    # The partition picked arbitrarily among items tied with the k-th score; redo those rows with a full sort.
-    redo = np.flatnonzero((neg <= part_neg.max(1, keepdims=True)).sum(1) > kmax)
+    # The partition picked arbitrarily among items tied with the k-th score; redo those rows exactly.
+    redo = np.flatnonzero(np.count_nonzero(neg <= part_neg.max(1, keepdims=True), axis=1) > kmax)
     if redo.size:
-        top[redo] = np.lexsort((tiebreak[redo], neg[redo]), axis=1)[:, :kmax]
+        top[redo] = np.lexsort((sign * rel[redo], neg[redo]), axis=1)[:, :kmax]
     return top
 
 
@@ -204,21 +208,19 @@ def ndcg_at_k(scores, relevance, k, exclude=None, *, ties: str = "optimistic", c
     # discount[r-1] = 1 / log2(r + 1) for ranks r = 1..kmax
     discount = 1.0 / np.log2(np.arange(2, kmax + 2, dtype=np.float64))
     out = np.empty((len(cutoffs), q))
-    rows = _chunk_rows(chunk, g)
+    rows = _chunk_rows(chunk, g, _RANK_ELEMENTS)
     for a in range(0, q, rows):
-        neg = np.negative(s[a:a + rows], dtype=np.float64)  # (C, G) a fresh copy: ascending = better
-        rel = r[a:a + rows].astype(np.float64, copy=ex is not None)  # (C, G)
+        neg = np.negative(s[a:a + rows])  # (C, G) a fresh copy: ascending = better
+        rel = r[a:a + rows]  # (C, G) a view, copied before any write
         if ex is not None:
             # Removal: the excluded item sorts after every real item and adds no gain to either list.
+            rel = rel.copy()
             at = (np.arange(neg.shape[0]), ex[a:a + rows])
             neg[at] = np.inf
-            rel[at] = 0.0
-        top = _ranked_top(neg, -rel if optimistic else rel, kmax)  # (C, kmax)
+            rel[at] = 0
+        top = _ranked_top(neg, rel, -1.0 if optimistic else 1.0, kmax)  # (C, kmax)
         dcg = np.cumsum(np.take_along_axis(rel, top, 1) * discount, axis=1)  # (C, kmax): DCG@1..kmax
-        if kmax < g:
-            ideal = -np.sort(np.partition(-rel, kmax - 1, axis=1)[:, :kmax], axis=1)
-        else:
-            ideal = -np.sort(-rel, axis=1)
+        ideal = np.sort(np.partition(rel, g - kmax, axis=1)[:, g - kmax:] if kmax < g else rel, axis=1)[:, ::-1]
         idcg = np.cumsum(ideal * discount, axis=1)  # (C, kmax)
         for i, cut in enumerate(cutoffs):
             d, ideal_d = dcg[:, min(cut, g) - 1], idcg[:, min(cut, g) - 1]
