@@ -2,7 +2,8 @@
 ROUGE-L relevance, and the embedding-space diagnostics (modality gap, alignment, uniformity).
 
 Every function here is vectorised and, where a full query x gallery temporary could be large, works through the
-queries in chunks whose size bounds memory (`chunk`, in rows; by default about 4 M elements per temporary).
+queries in chunks whose size bounds memory (`chunk`, in rows; by default about 4 M elements per temporary for
+recall and uniformity, 256 K for ranking, whose partitions run faster on cache-sized blocks).
 No function modifies its inputs. Metrics are plain values, not `(value, grads)`: nothing here is trained.
 
 Tie rule (the same in every ranking metric): ties count in the system's favour by default ("optimistic").
