@@ -202,7 +202,8 @@ def _structure(z, img_teacher, txt_teacher, lam, tau2, distance, row_weights):
         g_st, gw_t = bv_t(g_u["kdt"])
         g_e, gw_e = bv_e(g_u["e"])
         g_st_e, g_si_e, g_lam = back_e(g_e)
-        g_z, g_tau_f = back_f(g_sf)
+        g_z, g_tau_f = back_f(g_sf, inputs=weights["kd"] != 0)  # z enters KD only
+        g_z = np.zeros_like(z) if g_z is None else g_z
         _, g_tau_i = back_i(g_si + g_si_e, inputs=False)
         _, g_tau_t = back_t(g_st + g_st_e, inputs=False)
         grads = {"z": g_z, "lam": g_lam, "tau2": g_tau_f + g_tau_i + g_tau_t}
