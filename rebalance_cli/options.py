@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
 
+from exports.threads import set_blas_threads
+
 
 def set_threads(n: int) -> None:
-    """Use exactly `n` threads for BLAS/OpenMP and, if it is imported or importable, for torch.
+    """Use exactly `n` threads in NumPy's BLAS (already loaded or not) and, if it is imported, in torch.
 
     Measured on the project's 2-core machines: with a busy neighbour, 2 threads per process ran 3-20x slower
-    than 1, so every command takes `--threads` and defaults to 1.
+    than 1, so every command takes `--threads` and defaults to 1. Environment variables alone do not reach a BLAS
+    that NumPy has already loaded, so `exports.threads.set_blas_threads` also calls OpenBLAS's own setter.
     """
     if n < 1:
         raise click.BadParameter(f"--threads must be >= 1, got {n}")
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(n)
+    set_blas_threads(n)
     if "torch" in sys.modules:
         torch = sys.modules["torch"]
         torch.set_num_threads(n)
