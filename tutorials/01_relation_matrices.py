@@ -17,7 +17,8 @@
 # 5. heatmaps of teacher, blend and student relations.
 #
 # Everything comes from `rebalance_ref.relations` (NumPy). Its torch mirror `rebalance_torch.relations` has the
-# same functions with the same arguments; tutorial 02 checks that they agree.
+# same functions with the same arguments; tutorial 02 checks that they agree. The formulas, with their
+# gradients, are collected in `docs/formulas.md`.
 
 # %%
 import numpy as np

@@ -18,6 +18,7 @@
 # Then we derive one backward pass by hand (KD with respect to the student features), check every gradient
 # with finite differences and against torch autograd, and end with two facts that shape training: **λ is
 # learnt only through KD**, and **a learnable τ2 drifts upward and switches the distillation off**.
+# `docs/formulas.md` has every derivation in full.
 
 # %%
 import numpy as np
