@@ -196,7 +196,9 @@ def itm_rerank(student, emb: SplitEmbeddings, k: int, device: str = "cpu", batch
             for start in range(0, len(q_idx), batch_size):
                 ti = torch.from_numpy(txt_idx[start:start + batch_size])
                 ii = torch.from_numpy(img_idx[start:start + batch_size])
-                out = student.itm_logits(emb.text_tokens[ti].to(device), emb.mask[ti].to(device),
+                mask = emb.mask[ti]
+                length = int(mask.sum(1).max())  # trim the split-wide padding to this chunk's longest caption
+                out = student.itm_logits(emb.text_tokens[ti, :length].to(device), mask[:, :length].to(device),
                                          emb.image_tokens[ii].to(device))
                 logits[start:start + len(ti)] = out[:, 1].float().cpu().numpy()
         student.train(was_training)

@@ -93,16 +93,6 @@ class TeacherFeatures:
     val_text: np.ndarray | None = None
     report: dict = field(default_factory=dict)
 
-    def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in ("train_image", "train_text", "val_image", "val_text"):
-            value = getattr(self, name)
-            if value is not None:
-                tmp = folder / f".{name}.tmp.npy"
-                np.save(tmp, value)
-                tmp.replace(folder / f"{name}.npy")
-        (folder / "report.json").write_text(json.dumps(self.report, indent=2, default=float))
-
 
 def _find_teacher_file(folder: Path, key: str) -> Path | None:
     for name in TEACHER_FILES[key]:
@@ -135,13 +125,16 @@ def load_teacher_dir(folder: str | Path, n_rows: int, n_val_images: int, n_val_r
     return TeacherFeatures(**arrays, report=report)
 
 
-def train_teacher_features(config: TrainConfig, splits: dict[str, CaptionedImages]) -> TeacherFeatures:
-    """Train both teachers on the training split (`rebalance_torch.teachers.train_teachers`) and collect their
-    frozen features for the training rows and the validation split."""
+def train_teacher_features(config: TrainConfig, splits: dict[str, CaptionedImages], cache: Path | None = None,
+                           log: Callable[[str], None] | None = None) -> TeacherFeatures:
+    """Train both teachers on the training split (`rebalance_torch.teachers.train_teachers`), collect their
+    frozen features for the training rows and the validation split, and save everything to `cache` if given."""
     from rebalance_torch.teachers import train_teachers
 
-    kwargs = {} if config.teacher_epochs is None else {"epochs": config.teacher_epochs}
-    result = train_teachers(splits, kind=config.image_teacher, seed=config.seed, device=config.device, **kwargs)
+    result = train_teachers(splits, kind=config.image_teacher, seed=config.seed, epochs=config.teacher_epochs,
+                            device=config.device, log=log)
+    if cache is not None:
+        result.save(cache)
     features = result.features
     return TeacherFeatures(train_image=np.asarray(features["train_image"], dtype=np.float32),
                            train_text=np.asarray(features["train_text"], dtype=np.float32),
@@ -199,9 +192,8 @@ def prepare(config: TrainConfig, teachers: bool | None = None, log: Callable[[st
             feats = load_teacher_dir(teacher_cache, len(flat), len(splits["val"]), len(val_flat))
             log(f"teachers: features read from {teacher_cache}")
         else:
-            feats = train_teacher_features(config, splits)
-            if teacher_cache is not None:
-                feats.save(Path(teacher_cache))
+            feats = train_teacher_features(config, splits, None if teacher_cache is None else Path(teacher_cache),
+                                           log=log)
             log(f"teachers: {config.image_teacher} image teacher and text teacher trained "
                 f"({time.perf_counter() - start:.1f} s)")
         timings["teachers"] = time.perf_counter() - start
@@ -600,11 +592,11 @@ def train(config: TrainConfig, run_dir: str | Path, *, prepared: Prepared | None
         resume_state = None
         if resume and last.is_file():
             resume_state = _load_into(student, last, config)
-            runlog.truncate(stage, int(resume_state["step"]))
             if int(resume_state["step"]) >= (config.stage1_steps if stage == 1 else config.stage2_steps):
                 runlog.echo(f"stage {stage}: already complete")
                 summary["stages"][stage] = {"best": resume_state["best"], "seconds": 0.0, "finished": True}
                 continue
+            runlog.truncate(stage, int(resume_state["step"]))
         elif stage == 2:
             source = Path(init) if init is not None else ckpt.checkpoint_path(run_dir, 1, "best")
             if not source.is_file():

@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+import torch
+
+from rebalance_ref import metrics
+from rebalance_ref.shapes import attribute_relevance, attribute_targets, make_splits
+from rebalance_ref.tokenizer import Tokenizer
+from rebalance_torch import evaluate as ev
+from rebalance_torch.models import ModelConfig, Student
+
+
+@pytest.fixture(scope="module")
+def world():
+    torch.set_num_threads(1)
+    split = make_splits("text-poor", 8, 4, 20, seed=1)["test"]
+    _, flat = split.pairs()
+    tokenizer = Tokenizer.build(flat, max_len=32)
+    student = Student(ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size, vision_width=32, text_width=32,
+                                         embed_dim=16), seed=0)
+    return split, tokenizer, student, ev.split_relevance(split)
+
+
+def test_relevance_blocks_follow_the_official_slicing(world):
+    split, _, _, rel = world
+    n, c = len(split), len(rel.txt2img)
+    m = metrics.rouge_relevance(split.pairs()[1], split.captions)
+    assert np.allclose(rel.rouge, m)
+    assert np.array_equal(rel.first, np.arange(n) * 5)
+    blocks = ev._relevance_blocks(rel, "rouge")
+    assert blocks["i2i"].shape == (n, n) and blocks["t2t"].shape == (n, c)
+    assert blocks["i2it"].shape == (n, n + c) and blocks["t2it"].shape == (n, c + n)
+    i, j, cap = 3, 7, 11
+    assert blocks["i2i"][i, j] == m[5 * i, j]            # an image stands for its first caption
+    assert blocks["t2t"][i, cap] == m[cap, i]             # gallery caption vs the query image's captions
+    assert blocks["i2it"][i, n + cap] == m[cap, i]
+    assert blocks["t2it"][i, c + j] == m[5 * i, j]        # the query caption itself vs image j (not transposed)
+    attr = ev._relevance_blocks(rel, "attr")
+    assert np.allclose(attr["i2i"], attribute_relevance(split.attributes, split.attributes))
+    assert attr["t2t"][i, cap] == attr["i2i"][i, cap // 5]
+
+
+def test_features_that_encode_the_scene_beat_random_features(world):
+    split, _, _, rel = world
+    targets, _ = attribute_targets(split.attributes)
+    rng = np.random.default_rng(0)
+    good = ev.single_modal_ndcg(targets, targets[rel.txt2img], rel)
+    noise = ev.single_modal_ndcg(rng.standard_normal(targets.shape), rng.standard_normal((len(rel.txt2img), 9)), rel)
+    assert good["attr_i2i@10"] > noise["attr_i2i@10"] + 10
+    assert good["attr_t2t@10"] > noise["attr_t2t@10"] + 10
+    assert all(0 <= v <= 100 for v in good.values())
+    assert set(good) == {f"{kind}_{task}@{k}" for kind in ("rouge", "attr") for task in ("i2i", "t2t")
+                         for k in ev.NDCG_KS}
+
+
+def test_mixed_retrieval_removes_the_query_and_uses_cosine_on_both_blocks(world):
+    split, _, _, rel = world
+    targets, _ = attribute_targets(split.attributes)
+    v = targets
+    t = targets[rel.txt2img]  # every caption sits exactly on its image: perfect cross-modal alignment
+    out = ev.mixed_ndcg(v, t, rel)
+    # I2IT by hand: cosine image-image block then cosine image-text block, the query image (column i) removed.
+    scores = np.concatenate([ev._unit(v) @ ev._unit(v).T, ev._unit(v) @ ev._unit(t).T], axis=1)
+    direct = metrics.ndcg_at_k(scores, ev._relevance_blocks(rel, "attr")["i2it"], 10, exclude=np.arange(len(v)))
+    assert out["attr_i2it@10"] == pytest.approx(100 * direct.mean())
+    kept = metrics.ndcg_at_k(scores, ev._relevance_blocks(rel, "attr")["i2it"], 10)
+    assert not np.allclose(direct, kept)  # removing the query changes the result: it is really removed
+
+
+def test_itm_rerank_rescoring_and_floor(world):
+    split, tokenizer, student, _ = world
+    emb = ev.encode_split(student, split, tokenizer)
+    n, c = len(split), len(emb.txt2img)
+    full_i2t, full_t2i = ev.itm_rerank(student, emb, k=c)
+    with torch.no_grad():
+        i, j = 2, 13
+        direct = student.itm_logits(emb.text_tokens[j:j + 1], emb.mask[j:j + 1], emb.image_tokens[i:i + 1])[0, 1]
+    assert full_i2t[i, j] == pytest.approx(float(direct), abs=1e-4)
+    assert full_t2i[j, i] == pytest.approx(float(direct), abs=1e-4)
+    top_i2t, _ = ev.itm_rerank(student, emb, k=3)
+    sims = emb.v @ emb.t.T
+    for row in range(n):
+        candidates = set(np.argsort(-sims[row])[:3].tolist())
+        floor = top_i2t[row].min()
+        assert {g for g in range(c) if top_i2t[row, g] > floor} <= candidates
+        assert all(top_i2t[row, g] > floor for g in candidates)
+
+
+def test_evaluate_student_reports_every_metric(world):
+    split, tokenizer, student, rel = world
+    out = ev.evaluate_student(student, split, tokenizer, relevance=rel, k_test=4)
+    for prefix in ("cos", "itm"):
+        for key in ev.RECALL_KEYS:
+            assert 0 <= out[f"{prefix}_{key}"] <= 100
+    emb = ev.encode_split(student, split, tokenizer, keep_tokens=False)
+    assert out["cos_r_mean"] == pytest.approx(metrics.retrieval_recall(emb.v @ emb.t.T, emb.txt2img)["r_mean"])
+    for key in ("modality_gap", "alignment", "uniformity_image", "uniformity_text", "attr_t2it@50", "rouge_i2it@20"):
+        assert np.isfinite(out[key])
+    table = ev.markdown_table({"x": out})
+    assert table.splitlines()[0].startswith("| run | R-mean (cos)") and "| x |" in table
