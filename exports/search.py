@@ -2,17 +2,20 @@
 
 Retrieval scores are inner products of L2-normalised embeddings (cosine similarities). For Q queries and a
 gallery of N rows, the full (Q, N) score matrix of a large gallery does not fit in memory, and a full
-`argpartition` over it costs more than the matrix product itself. `exact_topk` therefore walks the gallery in
-blocks and keeps, for each query, its best k so far and their smallest score (the row's *threshold*):
+`argpartition` over it costs more than the matrix product itself. `ExactIndex.search` therefore walks the gallery
+in blocks and keeps, for each query, its best k so far and their smallest score (the query's *threshold*):
 
-- scores of one block: `S = queries @ block.T`, shape (Q, b), written into one reused buffer;
-- a row whose block maximum does not beat its threshold is skipped (after the first blocks, nearly all rows);
-- in the other rows, the entries above the threshold (at most the block's top k, found with a partition when
-  there are many) are merged with the kept k by score, then index.
+- scores of one block: `S = queries @ block`, shape (Q, b), written into one reused buffer; blocks grow from a
+  short first one (which sets every threshold) to b rows, with b from `block_bytes`;
+- one cheap pass of row maxima skips a block (or the queries) that cannot improve; elsewhere the entries above
+  the threshold are the candidates (a query with very many is cut to its block top k by one partition);
+- candidates are merged in batches: each (score, index) is packed into one int64 key that orders by score, then
+  by lower index, and a partition of each query's kept and new keys gives its new top k and threshold.
 
-Memory is the gallery, held dimension-major as (D, N) (`ExactIndex`), plus one (Q, b) block whose size follows
-from `block_bytes`. Results are exact and deterministic: sorted by descending score, ties broken by the lower
-gallery index, which is what a stable sort of the full score row would give.
+The gallery is held dimension-major, (D, N): at Q = 1 the product is BLAS's streaming matrix-vector kernel,
+which reads the gallery at memory bandwidth (the row-major layout ran at about half of it here). Memory beyond
+the gallery is one (Q, b) block plus the candidates. Results are exact and deterministic: sorted by descending
+score, ties broken by the lower gallery index, as a stable sort of the full score row would give.
 """
 
 from __future__ import annotations
@@ -25,8 +28,12 @@ DEFAULT_BLOCK_BYTES = 1 << 20
 # A block row with more than max(4 k, b / 32) entries above its threshold is cut to its top k by a partition of
 # the row before the merge (a partition costs about as much as sorting b / 32 candidates).
 _PARTITION_FACTOR, _PARTITION_SHARE = 4, 32
-# The first block holds max(16 k, 1024) rows (or fewer, if the block size is smaller).
-_FIRST_BLOCK_FACTOR, _FIRST_BLOCK_MIN = 16, 1024
+# The first block holds max(4 k, 64, 65536 / Q) rows (or fewer, if the block size is smaller); later blocks double.
+_FIRST_BLOCK_FACTOR, _FIRST_BLOCK_MIN, _FIRST_BLOCK_SCORES = 4, 64, 65536
+# Pending candidates are merged once there are more than max(q k, _MIN_FLUSH) of them.
+_MIN_FLUSH = 4096
+# When fewer than 1/4 of the queries beat their threshold in a block, only their rows are compared.
+_HOT_SHARE = 4
 
 
 def _check_2d(name: str, array: np.ndarray) -> None:
@@ -84,6 +91,8 @@ class ExactIndex:
             raise ValueError(f"queries have dim {queries.shape[1]} but the gallery has dim {self.dim}")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
+        if self.size >= 2**32:
+            raise ValueError(f"galleries of 2^32 rows or more are not supported, got {self.size}")
         if not np.isfinite(queries).all():
             raise ValueError("queries contain NaN or infinite values")
         if rows is not None and (not isinstance(rows, slice) or rows.step not in (None, 1)):
@@ -97,15 +106,17 @@ class ExactIndex:
         b = block_rows(q, n, k, self.block_bytes)
         buffer = np.empty((q, b), np.float32)
         top = _RunningTopK(q, k)
-        # A short first block sets every row's threshold cheaply; the long blocks after it are mostly skipped.
-        lo, hi = start, min(start + min(b, max(_FIRST_BLOCK_FACTOR * k, _FIRST_BLOCK_MIN)), stop)
+        # Blocks grow from max(4 k, 64, 65536 / Q) rows, doubling up to b: small first blocks set every query's
+        # threshold cheaply, and each later block then holds about k candidates per query, most blocks none.
+        lo, width = start, min(b, max(_FIRST_BLOCK_FACTOR * k, _FIRST_BLOCK_MIN, _FIRST_BLOCK_SCORES // q))
         while lo < stop:
+            hi = min(lo + width, stop)
             scores = buffer[:, : hi - lo]
             # One block of cosine scores: (Q, D) @ (D, b) -> (Q, b).
             np.matmul(queries, self.columns[:, lo:hi], out=scores)
             top.update(scores, lo)
-            lo, hi = hi, min(hi + b, stop)
-        return top.scores, top.indices
+            lo, width = hi, min(2 * width, b)
+        return top.result()
 
 
 def exact_topk(queries: np.ndarray, gallery: np.ndarray, k: int, *, block_bytes: int = DEFAULT_BLOCK_BYTES,
@@ -117,52 +128,107 @@ def exact_topk(queries: np.ndarray, gallery: np.ndarray, k: int, *, block_bytes:
     return ExactIndex(gallery, block_bytes=block_bytes).search(queries, k, rows=rows)
 
 
+_LOW32 = np.int64(0xFFFFFFFF)
+_NO_KEY = np.iinfo(np.int64).min
+
+
+def _pack(scores: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """One int64 key per (score, index) that orders like (score descending, index ascending) when larger is better.
+
+    The high 32 bits map the float32 score to an int32 of the same order (negative floats get their magnitude
+    bits flipped); the low 32 bits hold 2^32 - 1 - index, so on equal scores the lower index has the larger key.
+    Exact for every finite score and every index < 2^32.
+    """
+    bits = (scores + np.float32(0.0)).view(np.int32)  # + 0.0 turns -0.0 into +0.0, which compare equal
+    ordered = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).astype(np.int64)
+    return (ordered << 32) | (_LOW32 - indices)
+
+
+def _unpack(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of `_pack`: (scores float32, indices int64)."""
+    ordered = (keys >> 32).astype(np.int32)
+    scores = (ordered ^ ((ordered >> 31) & 0x7FFFFFFF)).view(np.float32)
+    return scores, _LOW32 - (keys & _LOW32)
+
+
 class _RunningTopK:
-    """The best k (score, index) pairs of each of q rows seen so far, each row sorted (score desc, index asc)."""
+    """The best k (score, index) pairs of each of q queries seen so far, kept as packed int64 keys (`_pack`).
+
+    Candidates (entries above their query's threshold) are collected over blocks and merged into the kept keys
+    when more than max(q k, 4096) are pending, or at the end; thresholds are updated at each merge.
+    """
 
     def __init__(self, q: int, k: int):
         self.k = k
-        self.scores = np.full((q, k), -np.inf, np.float32)
-        self.indices = np.full((q, k), -1, np.int64)
+        self.keys = np.full((q, k), _NO_KEY, np.int64)  # (q, k) unordered
         self.threshold = np.full(q, -np.inf, np.float32)  # (q,) the k-th best score so far
         self.filled = False
+        self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.n_pending, self.flush_at = 0, max(q * k, _MIN_FLUSH)
 
     def update(self, scores: np.ndarray, offset: int) -> None:
-        """Merge a (q, b) block of scores whose column j is gallery row offset + j."""
-        k, b = self.k, scores.shape[1]
+        """Take the candidates of a (q, b) block of scores whose column j is gallery row offset + j."""
+        k, (q, b) = self.k, scores.shape
         if self.filled:
-            # Only rows whose block maximum beats their threshold can change; later equal scores lose the tie.
-            rows = np.flatnonzero(scores.max(axis=1) > self.threshold)
-            if rows.size == 0:
+            # One cheap pass: only queries whose block maximum beats their threshold can gain candidates.
+            hot = np.flatnonzero(scores.max(axis=1) > self.threshold)
+            if hot.size == 0:
                 return
-            block = scores if rows.size == scores.shape[0] else scores[rows]
+            # Candidates beat their query's threshold; a later equal score loses the tie to the kept lower index.
+            if hot.size * _HOT_SHARE < q:  # few hot queries: compare their rows only
+                h, row = np.nonzero(scores[hot] > self.threshold[hot, None])
+                flat = hot[h] * b + row
+            else:
+                flat = np.flatnonzero(scores > self.threshold[:, None])  # positions in the block, query-major
         else:
-            rows, block = np.arange(scores.shape[0]), scores
-        above = block > self.threshold[rows, None]  # (r, b)
+            # First block: each query's top k of it (every entry tied with its k-th value kept: ties stay exact).
+            kth = np.partition(scores, b - k, axis=1)[:, b - k] if b > k else scores.min(axis=1)
+            flat = np.flatnonzero(scores >= kth[:, None])
+        query, row = np.divmod(flat, b)
+        values = scores.ravel()[flat]
         limit = max(_PARTITION_FACTOR * k, b // _PARTITION_SHARE)
-        crowded = np.flatnonzero(np.count_nonzero(above, axis=1) > limit) if b > k else np.empty(0, np.int64)
-        if crowded.size:
-            # Keep each crowded row's top k of this block (all entries tied with its k-th value, so ties stay exact).
-            kth = np.partition(block[crowded], b - k, axis=1)[:, b - k]
-            above[crowded] &= block[crowded] >= kth[:, None]
-        r, c = np.nonzero(above)
-        self._merge(rows, r, block[r, c], c.astype(np.int64) + offset)
+        if self.filled and b > k and flat.size > limit:
+            crowded = np.flatnonzero(np.bincount(query, minlength=q) > limit)
+            if crowded.size:
+                # Cut each crowded query to its top k of this block (with every entry tied to its k-th value):
+                # one partition of its row instead of packing and merging all its candidates.
+                kth = np.full(q, -np.inf, np.float32)
+                kth[crowded] = np.partition(scores[crowded], b - k, axis=1)[:, b - k]
+                keep = values >= kth[query]
+                query, row, values = query[keep], row[keep], values[keep]
+        self.pending.append((query, row + offset, values))
+        self.n_pending += query.size
+        if not self.filled or self.n_pending > self.flush_at:
+            self._merge()
+
+    def _merge(self) -> None:
+        """Merge the pending candidates into each query's top k and update the thresholds."""
+        if not self.pending:
+            return
+        k = self.k
+        query, index, values = (np.concatenate(parts) for parts in zip(*self.pending, strict=True))
+        self.pending, self.n_pending = [], 0
+        order = np.argsort(query, kind="stable")
+        query, index, values = query[order], index[order], values[order]
+        counts = np.bincount(query, minlength=self.keys.shape[0])
+        rows = np.flatnonzero(counts)  # the queries that have candidates (r,)
+        local = (np.cumsum(counts > 0) - 1)[query]
+        per_row = counts[rows]
+        # Dense (r, k + most candidates) keys: each query's kept k, then its candidates, padded with _NO_KEY.
+        dense = np.full((rows.size, k + int(per_row.max(initial=0))), _NO_KEY, np.int64)
+        dense[:, :k] = self.keys[rows]
+        starts = np.cumsum(per_row) - per_row
+        dense[local, k + np.arange(query.size) - starts[local]] = _pack(values, index)
+        width = dense.shape[1]
+        best = np.partition(dense, width - k, axis=1)[:, width - k:]  # (r, k) largest keys, unordered
+        self.keys[rows] = best
+        self.threshold[rows] = _unpack(best.min(axis=1))[0]
         self.filled = True
 
-    def _merge(self, rows: np.ndarray, r: np.ndarray, new_scores: np.ndarray, new_indices: np.ndarray) -> None:
-        """Merge candidates (local row r, score, index) into the kept rows `rows`; keep the best k of each."""
-        k, m = self.k, rows.size
-        all_rows = np.concatenate([np.repeat(np.arange(m), k), r])
-        all_scores = np.concatenate([self.scores[rows].ravel(), new_scores])
-        all_indices = np.concatenate([self.indices[rows].ravel(), new_indices])
-        # Placeholders (index -1, score -inf) sort last within their row.
-        order = np.lexsort((np.where(all_indices < 0, np.iinfo(np.int64).max, all_indices), -all_scores, all_rows))
-        sorted_rows = all_rows[order]
-        starts = np.searchsorted(sorted_rows, np.arange(m))
-        keep = order[(np.arange(order.size) - starts[sorted_rows]) < k]  # every row holds >= k entries
-        self.scores[rows] = all_scores[keep].reshape(m, k)
-        self.indices[rows] = all_indices[keep].reshape(m, k)
-        self.threshold[rows] = self.scores[rows, -1]
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scores float32 (q, k), indices int64 (q, k)), each row by descending score, ties by ascending index."""
+        self._merge()
+        return _unpack(np.sort(self.keys, axis=1)[:, ::-1])
 
 
 def faiss_available() -> bool:

@@ -17,6 +17,8 @@ def _stable_topk(queries, gallery, k):
     (1, 50, 4, 50, 64),          # k == N
     (4, 2000, 8, 3, 1 << 20),    # one block
     (2, 300, 8, 7, 1 << 10),     # blocks of 128 rows
+    (40, 3000, 8, 5, 48000),     # many queries, blocks of 300 rows: pending merges, hot-row subsets
+    (64, 5000, 8, 7, 1 << 20),   # growing blocks
 ])
 def test_exact_topk_matches_a_stable_sort_with_ties(q, n, d, k, block_bytes):
     rng = np.random.default_rng(n + q)
