@@ -1,0 +1,485 @@
+"""The two frozen single-modality teachers (DESIGN §4): train them, freeze them, cache their features.
+
+The official code ships teacher features as precomputed arrays (image 1024-d, text 768-d: the sizes of a Swin-B and
+a BERT-base) and publishes no teacher training. Here the teachers are small networks trained on one modality each:
+
+- **Image teacher, "supervised"** (default): the student's image-tower architecture trained on images alone to
+  predict the scenes' multi-hot attribute labels (`rebalance_ref.shapes.attribute_targets`: shapes, colours, sizes,
+  occupied cells and which object sits where) with binary cross-entropy. It stands in for an ImageNet-style
+  pretrained backbone: a network that learned visual categories from labels. Those labels are *privileged
+  information*: the teacher sees them once, before the student trains; the student never sees them, only the
+  teacher's features. Real data has no attributes, so there only "ssl" applies.
+- **Image teacher, "ssl"**: the same network trained self-supervised (SimCLR / InfoNCE between two augmented views
+  of each image). The augmentations keep what is semantic in the shapes world: Gaussian pixel noise, brightness and
+  contrast jitter, shifts of at most 1 pixel; no flips and no crops, which would move positions.
+- **Text teacher**: a small transformer over the captions alone, trained with InfoNCE where two captions of the
+  same image are a positive pair (other images' captions in the batch are negatives).
+
+Features are the pooled penultimate representation (the image tower's average-pooled token; the text tower's
+[CLS]), taken in eval mode after training. They follow the official format: one row per training caption in
+`CaptionedImages.pairs()` order; the image teacher's row r is the feature of row r's image. For val/test, image
+features are one row per image and text features one row per caption.
+
+Each teacher's quality is reported on the test split against a trivial baseline (I2I NDCG@10 vs cosine on raw
+pixels; T2T NDCG@10 vs cosine on bag-of-words counts), with ROUGE-L relevance and, on synthetic data, attribute
+relevance (`rebalance_torch.evaluate.single_modal_ndcg`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rebalance_ref.dataset import CaptionedImages
+from rebalance_ref.images import to_model_input
+from rebalance_ref.text import words
+from rebalance_ref.tokenizer import Tokenizer
+from rebalance_torch.data import Augment, augment_images
+from rebalance_torch.models import CLIP_MEAN, CLIP_STD, count_parameters
+
+IMAGE_TEACHERS = ("supervised", "ssl")
+# Epochs that train each teacher to a plateau at demo size (a few thousand 32x32 images) in seconds on one thread.
+DEFAULT_EPOCHS = {"supervised": 20, "ssl": 10, "text": 10}
+FEATURE_FILES = ("train_image", "train_text", "val_image", "val_text", "test_image", "test_text")
+REPORT_FILE = "report.json"
+
+# The teachers' networks: a small CNN and a fastText-style text network, features of TEACHER_WIDTH dims.
+TEACHER_WIDTH = 128
+BATCH_SIZE = 64
+LR = 2e-3
+WEIGHT_DECAY = 0.01
+SSL_TEMPERATURE = 0.2
+TEXT_TEMPERATURE = 0.1
+PROJECTION_DIM = 64
+BIGRAM_BUCKETS = 4096
+# SimCLR views: semantics-preserving augmentations of the shapes world (see the module docstring).
+SSL_AUGMENT = Augment(noise=0.1, brightness=0.4, shift=1)
+SSL_CONTRAST = 0.4  # contrast factor drawn from [1 - c, 1 + c], applied around each image's mean
+
+
+# --- the networks ----------------------------------------------------------------------------------------------
+
+class ImageTeacher(nn.Module):
+    """[0, 1] images (B, 3, H, W) -> features (B, F): a small CNN whose flattened 4x4 map keeps where things are.
+
+    Three stride-2 3x3 convolutions with batch norm (16, 32, 64 channels; per-channel normalisation first, as in
+    the student) take an S x S image to an (S/8) x (S/8) map; flatten, Linear to F = TEACHER_WIDTH, GELU: the
+    feature. A head
+    on top (attribute logits for "supervised", a projection MLP for "ssl") serves training only.
+    """
+
+    def __init__(self, image_size: int, out_dim: int, kind: str):
+        super().__init__()
+        if image_size % 8:
+            raise ValueError(f"image_size must be a multiple of 8 for the image teacher, got {image_size}")
+        self.kind = kind
+        self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("pixel_std", torch.tensor(CLIP_STD, dtype=torch.float32).view(1, 3, 1, 1))
+        layers: list[nn.Module] = []
+        channels = (3, 16, 32, 64)
+        for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
+            layers += [nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.GELU()]
+        self.convs = nn.Sequential(*layers)
+        side = image_size // 8
+        self.fc = nn.Linear(channels[-1] * side * side, TEACHER_WIDTH)
+        if kind == "supervised":
+            self.head = nn.Linear(TEACHER_WIDTH, out_dim)
+        else:
+            self.head = nn.Sequential(nn.Linear(TEACHER_WIDTH, TEACHER_WIDTH), nn.GELU(),
+                                      nn.Linear(TEACHER_WIDTH, out_dim))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.convs((images - self.pixel_mean) / self.pixel_std)  # (B, 64, S/8, S/8)
+        return F.gelu(self.fc(x.flatten(1)))  # (B, F)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+
+class TextTeacher(nn.Module):
+    """ids, mask (B, L) -> features (B, F): a fastText-style network over the words and word pairs of a caption.
+
+    The mean embedding of the words (after [CLS]) and the mean embedding of adjacent word pairs (hashed into
+    `BIGRAM_BUCKETS` rows; they bind "red" to "circle" in "a red circle and a blue square") are concatenated, then
+    Linear to F = TEACHER_WIDTH and GELU: the feature. A projection MLP on top serves the InfoNCE training only.
+    Chosen over a small transformer (which the student uses): as good on T2T NDCG and several times faster.
+    """
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.words = nn.Embedding(vocab_size, TEACHER_WIDTH)
+        self.pairs = nn.Embedding(BIGRAM_BUCKETS, TEACHER_WIDTH)
+        self.fc = nn.Linear(2 * TEACHER_WIDTH, TEACHER_WIDTH)
+        self.head = nn.Sequential(nn.Linear(TEACHER_WIDTH, TEACHER_WIDTH), nn.GELU(),
+                                  nn.Linear(TEACHER_WIDTH, PROJECTION_DIM))
+
+    def features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        ids, m = ids[:, 1:], mask[:, 1:].to(torch.float32)  # drop [CLS]: (B, L-1)
+        pair_ids = (ids[:, :-1] * self.vocab_size + ids[:, 1:]) % BIGRAM_BUCKETS  # (B, L-2)
+        pm = m[:, :-1] * m[:, 1:]
+        # masked means over real tokens / real pairs (a one-word caption has no pair: its pair mean is 0)
+        w = (self.words(ids) * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1.0)  # (B, F)
+        p = (self.pairs(pair_ids) * pm[..., None]).sum(1) / pm.sum(1, keepdim=True).clamp(min=1.0)  # (B, F)
+        return F.gelu(self.fc(torch.cat([w, p], dim=1)))
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(ids, mask))
+
+
+def _build(seed: int, factory: Callable[[], nn.Module]) -> nn.Module:
+    # Initialisation depends on `seed` alone; the global RNG is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return factory()
+
+
+# --- the losses ------------------------------------------------------------------------------------------------
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE (NT-Xent) between two views a, b (B, d): row i of a and row i of b are the positives;
+    the other 2B - 2 rows of both views are negatives. Logits are cosines / temperature."""
+    z = F.normalize(torch.cat([a, b]), dim=1)  # (2B, d)
+    logits = z @ z.T / temperature  # (2B, 2B)
+    n = a.shape[0]
+    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))  # no self-pairs
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)  # i <-> i + B
+    return F.cross_entropy(logits, target)
+
+
+def contrast_jitter(images: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """Scale each image's deviation from its own mean by a factor from [1 - strength, 1 + strength], clamp to [0, 1]."""
+    b = images.shape[0]
+    factor = 1.0 + (torch.rand((b, 1, 1, 1), generator=generator) * 2.0 - 1.0) * strength
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    return (mean + (images - mean) * factor.to(images.device)).clamp(0.0, 1.0)
+
+
+def ssl_view(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One SimCLR view: noise, brightness, +-1 px shift (`rebalance_torch.data.augment_images`) and contrast."""
+    return contrast_jitter(augment_images(images, SSL_AUGMENT, generator), SSL_CONTRAST, generator)
+
+
+# --- training --------------------------------------------------------------------------------------------------
+
+def _check_epochs(epochs, name: str) -> int:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {epochs!r}")
+    return epochs
+
+
+def _optimizer(model: nn.Module, total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, foreach=True)
+    warmup = max(1, total_steps // 10)
+    # Linear warm-up over the first 10% of steps, then cosine decay to 0.
+    schedule = lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup)  # noqa: E731
+                                                                                  / max(1, total_steps - warmup)))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+
+
+def label_group_weights(names: list[str]) -> torch.Tensor:
+    """Per-column BCE weights (K,) giving each group of attribute labels (shapes, colours, sizes, cells, colour-shape
+    pairs, and per cell: shape, colour, size) the same total weight; they average to 1 over the columns.
+
+    Without them the 144 position-bound columns outweigh the 57 position-free ones, and the teacher's geometry
+    follows where objects are more than what they are.
+    """
+    groups = [n.split(":")[0] + (":" + n.split(":")[2] if n.count(":") >= 2 else "") for n in names]
+    sizes = {g: groups.count(g) for g in set(groups)}
+    w = torch.tensor([1.0 / sizes[g] for g in groups])
+    return w * len(names) / w.sum()
+
+
+def train_image_teacher(train: CaptionedImages, kind: str = "supervised", seed: int = 0, epochs: int | None = None,
+                        device: str = "cpu", log: Callable[[str], None] | None = None) -> tuple[ImageTeacher, dict]:
+    """Train the image teacher on the images of `train` only; returns (frozen teacher in eval mode, training info).
+
+    "supervised" needs `train.attributes` (synthetic data); "ssl" needs nothing but images.
+    """
+    if kind not in IMAGE_TEACHERS:
+        raise ValueError(f"kind must be one of {IMAGE_TEACHERS}, got {kind!r}")
+    epochs = _check_epochs(DEFAULT_EPOCHS[kind] if epochs is None else epochs, "epochs")
+    if train.image_size[0] != train.image_size[1]:
+        raise ValueError(f"train images must be square, got {train.image_size}")
+    images = torch.from_numpy(to_model_input(train.images)).to(device)  # (N, 3, H, W) in [0, 1]
+    targets = None
+    if kind == "supervised":
+        if train.attributes is None:
+            raise ValueError("kind='supervised' needs scene attributes (synthetic shapes-world data); this data has "
+                             "none (real image-caption data): use kind='ssl', the self-supervised image teacher")
+        from rebalance_ref.shapes import attribute_targets
+
+        y, names = attribute_targets(train.attributes)
+        targets = torch.from_numpy(y).to(device)  # (N, K) multi-hot
+        column_weight = label_group_weights(names).to(device)  # (K,)
+    out_dim = targets.shape[1] if targets is not None else PROJECTION_DIM
+    model = _build(seed, lambda: ImageTeacher(train.image_size[0], out_dim, kind)).to(device)
+    gen = torch.Generator().manual_seed(seed + 1)
+    n = len(images)
+    batch = min(BATCH_SIZE, n)
+    steps_per_epoch = max(1, n // batch)
+    opt, sched = _optimizer(model, epochs * steps_per_epoch)
+    start, losses = time.perf_counter(), []
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        total = 0.0
+        for s in range(steps_per_epoch):
+            rows = order[s * batch:(s + 1) * batch].to(device)
+            x = images[rows]
+            if kind == "supervised":
+                loss = F.binary_cross_entropy_with_logits(model(x), targets[rows], weight=column_weight)
+            else:
+                loss = info_nce(model(ssl_view(x, gen)), model(ssl_view(x, gen)), SSL_TEMPERATURE)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item()
+        losses.append(total / steps_per_epoch)
+        if log:
+            log(f"image teacher ({kind}) epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}")
+    model.eval().requires_grad_(False)
+    info = {"kind": kind, "epochs": epochs, "steps": epochs * steps_per_epoch, "batch_size": batch,
+            "loss_per_epoch": losses, "seconds": time.perf_counter() - start, "parameters": count_parameters(model),
+            "feature_dim": TEACHER_WIDTH}
+    return model, info
+
+
+def _pair_captions(captions: list[list[str]], gen: torch.Generator) -> tuple[list[str], list[str]]:
+    """Two different captions of each image (the same one twice when an image has only one)."""
+    first, second = [], []
+    for caps in captions:
+        if len(caps) == 1:
+            first.append(caps[0])
+            second.append(caps[0])
+            continue
+        i, j = torch.randperm(len(caps), generator=gen)[:2].tolist()
+        first.append(caps[i])
+        second.append(caps[j])
+    return first, second
+
+
+def train_text_teacher(train: CaptionedImages, seed: int = 0, epochs: int | None = None, device: str = "cpu",
+                       max_len: int = 32, log: Callable[[str], None] | None = None
+                       ) -> tuple[TextTeacher, Tokenizer, dict]:
+    """Train the text teacher on the captions of `train` only (positives: two captions of one image).
+
+    An epoch visits every image once with two of its captions. Returns (frozen teacher, its tokenizer, info).
+    """
+    epochs = _check_epochs(DEFAULT_EPOCHS["text"] if epochs is None else epochs, "epochs")
+    _, flat = train.pairs()
+    tokenizer = Tokenizer.build(flat, max_len=max_len)
+    model = _build(seed + 2, lambda: TextTeacher(tokenizer.vocab_size)).to(device)
+    gen = torch.Generator().manual_seed(seed + 3)
+    n = len(train)
+    batch = min(BATCH_SIZE, n)
+    steps_per_epoch = max(1, n // batch)
+    opt, sched = _optimizer(model, epochs * steps_per_epoch)
+    start, losses = time.perf_counter(), []
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=gen).tolist()
+        total = 0.0
+        for s in range(steps_per_epoch):
+            rows = order[s * batch:(s + 1) * batch]
+            a, b = _pair_captions([train.captions[r] for r in rows], gen)
+            ids, mask = (torch.from_numpy(x).to(device) for x in tokenizer.encode(a + b))
+            z = model(ids, mask)
+            loss = info_nce(z[:len(rows)], z[len(rows):], TEXT_TEMPERATURE)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item()
+        losses.append(total / steps_per_epoch)
+        if log:
+            log(f"text teacher epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}")
+    model.eval().requires_grad_(False)
+    info = {"epochs": epochs, "steps": epochs * steps_per_epoch, "batch_size": batch, "loss_per_epoch": losses,
+            "seconds": time.perf_counter() - start, "parameters": count_parameters(model),
+            "feature_dim": TEACHER_WIDTH, "vocab_size": tokenizer.vocab_size}
+    return model, tokenizer, info
+
+
+# --- features --------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def image_features(teacher: ImageTeacher, data: CaptionedImages, device: str = "cpu",
+                   batch_size: int = 512) -> np.ndarray:
+    """Frozen image-teacher features, float32 (N, W), one row per image of `data`."""
+    teacher.eval()
+    out = [teacher.features(torch.from_numpy(to_model_input(data.images[lo:lo + batch_size])).to(device)).cpu()
+           for lo in range(0, len(data), batch_size)]
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+@torch.no_grad()
+def text_features(teacher: TextTeacher, tokenizer: Tokenizer, texts: list[str], device: str = "cpu",
+                  batch_size: int = 512) -> np.ndarray:
+    """Frozen text-teacher features, float32 (len(texts), W), one row per text."""
+    teacher.eval()
+    out = []
+    for lo in range(0, len(texts), batch_size):
+        ids, mask = (torch.from_numpy(x).to(device) for x in tokenizer.encode(texts[lo:lo + batch_size]))
+        out.append(teacher.features(ids, mask).cpu())
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+def load_teacher_features(path: str | Path | np.ndarray, n_rows: int) -> np.ndarray:
+    """Teacher features supplied by a user (`.npy`, the official format): float32 (n_rows, d), checked.
+
+    `n_rows` is what the data needs: the number of training captions (`len(data.pairs()[1])`) for train features,
+    or the number of images / captions of a split. Raises ValueError naming the file for a missing or unreadable
+    file, a shape other than (n_rows, d), a non-numeric dtype, or NaN / inf values.
+    """
+    if isinstance(path, np.ndarray):
+        array, where = path, "teacher features"
+    else:
+        where = f"teacher features {path}"
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"{where}: no such file")
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise ValueError(f"{where}: not a readable .npy array ({exc})") from exc
+    if isinstance(n_rows, bool) or not isinstance(n_rows, int | np.integer) or n_rows < 1:
+        raise ValueError(f"n_rows must be an int >= 1, got {n_rows!r}")
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise ValueError(f"{where}: dtype must be a real number type, got {array.dtype}")
+    if array.ndim != 2 or array.shape[0] != n_rows or array.shape[1] < 1:
+        raise ValueError(f"{where}: shape must be ({n_rows}, d) -- one row per training caption in "
+                         f"CaptionedImages.pairs() order (or per image/caption of an eval split) -- got {array.shape}")
+    array = array.astype(np.float32)
+    bad = ~np.isfinite(array)
+    if bad.any():
+        row = int(np.argwhere(bad)[0, 0])
+        raise ValueError(f"{where}: {int(bad.sum())} NaN/inf values (first in row {row})")
+    return array
+
+
+# --- quality against trivial baselines -------------------------------------------------------------------------
+
+def pixel_baseline(data: CaptionedImages) -> np.ndarray:
+    """The trivial image features: flattened pixels, float32 (N, H*W*3) (cosine on them is the I2I baseline)."""
+    return data.images.reshape(len(data), -1).astype(np.float32)
+
+
+def bag_of_words(texts: list[str]) -> np.ndarray:
+    """The trivial text features: word counts, float32 (len(texts), V) over the words of `texts`."""
+    tokens = [words(t) for t in texts]
+    vocab = {w: i for i, w in enumerate(sorted({w for ws in tokens for w in ws}))}
+    counts = np.zeros((len(texts), max(1, len(vocab))), dtype=np.float32)
+    for row, ws in enumerate(tokens):
+        np.add.at(counts[row], [vocab[w] for w in ws], 1.0)
+    return counts
+
+
+def quality_report(split: CaptionedImages, image_feats: np.ndarray, text_feats: np.ndarray) -> dict:
+    """I2I and T2T NDCG@10/20/50 (x100) of the teachers' features vs the trivial baselines on `split`, with ROUGE-L
+    relevance and (synthetic data) attribute relevance; `beats_baseline` compares NDCG@10 per relevance kind."""
+    from rebalance_torch.evaluate import single_modal_ndcg, split_relevance
+
+    rel = split_relevance(split)
+    _, flat = split.pairs()
+    teacher = single_modal_ndcg(image_feats, text_feats, rel)
+    baseline = single_modal_ndcg(pixel_baseline(split), bag_of_words(flat), rel)
+    report = {}
+    for modality, task, name in (("image", "i2i", "raw pixels (cosine)"), ("text", "t2t", "bag of words (cosine)")):
+        keys = sorted(k for k in teacher if f"_{task}@" in k)
+        kinds = sorted({k.split("_")[0] for k in keys})
+        report[modality] = {
+            "teacher": {k: teacher[k] for k in keys},
+            "baseline_name": name,
+            "baseline": {k: baseline[k] for k in keys},
+            "beats_baseline": {kind: teacher[f"{kind}_{task}@10"] > baseline[f"{kind}_{task}@10"] for kind in kinds},
+        }
+    return report
+
+
+# --- the one call the CLI, trainer and demo use ------------------------------------------------------------------
+
+@dataclass
+class TeacherResult:
+    """Frozen teachers, their features and their quality report.
+
+    features: `train_image` / `train_text` (M_train, d) one row per training caption (pairs() order);
+    `val_image`, `test_image` (N, d) one row per image; `val_text`, `test_text` (C, d) one row per caption
+    (only the splits that were given).
+    """
+
+    features: dict[str, np.ndarray]
+    report: dict
+    image_teacher: ImageTeacher
+    text_teacher: TextTeacher
+    tokenizer: Tokenizer
+    info: dict = field(default_factory=dict)
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write `<key>.npy` for every feature array, `report.json`, the teachers' weights and tokenizer."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for key, array in self.features.items():
+            tmp = out / f".{key}.tmp.npy"
+            np.save(tmp, array)
+            tmp.replace(out / f"{key}.npy")
+        torch.save({k: v.cpu() for k, v in self.image_teacher.state_dict().items()}, out / "image_teacher.pt")
+        torch.save({k: v.cpu() for k, v in self.text_teacher.state_dict().items()}, out / "text_teacher.pt")
+        self.tokenizer.save(out / "text_teacher_tokenizer.json")
+        tmp = out / f".{REPORT_FILE}.tmp"
+        tmp.write_text(json.dumps(self.report, indent=2))
+        tmp.replace(out / REPORT_FILE)
+        return out
+
+
+def train_teachers(splits: dict[str, CaptionedImages], kind: str = "supervised", seed: int = 0,
+                   epochs: int | None = None, device: str = "cpu", report_split: str = "test",
+                   log: Callable[[str], None] | None = None) -> TeacherResult:
+    """Train both teachers on `splits["train"]`, freeze them, and compute every feature array and the report.
+
+    epochs: None uses `DEFAULT_EPOCHS` per teacher; an int sets both. The report is computed on `report_split`
+    (skipped when that split is absent). Same seed and thread count -> identical features.
+    """
+    if not isinstance(splits, dict) or "train" not in splits:
+        raise ValueError(f"splits must be a dict with a 'train' CaptionedImages, got keys "
+                         f"{sorted(splits) if isinstance(splits, dict) else type(splits).__name__}")
+    for name, split in splits.items():
+        if not isinstance(split, CaptionedImages):
+            raise ValueError(f"splits[{name!r}] must be a CaptionedImages, got {type(split).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    train = splits["train"]
+    image_teacher, image_info = train_image_teacher(train, kind, seed=seed, epochs=epochs, device=device, log=log)
+    text_teacher, tokenizer, text_info = train_text_teacher(train, seed=seed, epochs=epochs, device=device, log=log)
+    idx, flat = train.pairs()
+    features = {"train_image": image_features(image_teacher, train, device)[idx],
+                "train_text": text_features(text_teacher, tokenizer, flat, device)}
+    for name in ("val", "test"):
+        if name in splits:
+            features[f"{name}_image"] = image_features(image_teacher, splits[name], device)
+            features[f"{name}_text"] = text_features(text_teacher, tokenizer, splits[name].pairs()[1], device)
+    report = {"image_teacher": image_info, "text_teacher": text_info, "seed": seed}
+    if report_split in splits:
+        report["split"] = report_split
+        report.update(quality_report(splits[report_split], features[f"{report_split}_image"],
+                                     features[f"{report_split}_text"]))
+        if log:
+            for modality in ("image", "text"):
+                r = report[modality]
+                for k, beats in r["beats_baseline"].items():
+                    key = next(x for x in r["teacher"] if x.startswith(k) and x.endswith("@10"))
+                    verdict = "beats" if beats else "DOES NOT beat"
+                    log(f"{modality} teacher {key} {r['teacher'][key]:.1f} {verdict} {r['baseline_name']} "
+                        f"{r['baseline'][key]:.1f}")
+    return TeacherResult(features=features, report=report, image_teacher=image_teacher, text_teacher=text_teacher,
+                         tokenizer=tokenizer, info={"kind": kind})
