@@ -67,8 +67,8 @@ class TrainConfig:
     # --- data: the synthetic shapes world (preset) or a folder written by `rebalance data make` / Karpathy-style
     preset: str = "text-poor"
     data_dir: str | None = None
-    n_train: int = 2000
-    n_val: int = 300
+    n_train: int = 1000
+    n_val: int = 200
     n_test: int = 500
     image_size: int = 32
     max_len: int = 32
@@ -81,8 +81,8 @@ class TrainConfig:
     model: str = "tiny"
     model_overrides: dict = field(default_factory=dict)
     # --- optimisation (AdamW; linear warm-up for `warmup` of the stage's steps, then linear decay to 0)
-    stage1_steps: int = 1200
-    stage2_steps: int = 800
+    stage1_steps: int = 500
+    stage2_steps: int = 250
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -99,7 +99,7 @@ class TrainConfig:
     tau_clamp: list | None = field(default_factory=lambda: [0.01, 0.5])
     student_relation: str = "fused"
     # --- selection and evaluation
-    eval_every: int = 200
+    eval_every: int = 125
     select_on: str = "r_mean"
     k_test: int = 16
     # --- runtime
