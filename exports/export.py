@@ -193,3 +193,21 @@ def export_bundle(run_dir: str | Path, bundle_dir: str | Path, *, which: str = "
                         "data_dir": train_config.data_dir},
             "k_test": train_config.k_test}
     return export_student(student, tokenizer, bundle_dir, exporter=exporter, opset=opset, info=info)
+
+
+def export_and_search(run_dir: str | Path, bundle_dir: str | Path, split, *, query: str | None = None, k: int = 5,
+                      threads: int = 1, which: str = "best"):
+    """The end of `rebalance demo`: export the run's student, index `split` into the bundle, search it once.
+
+    `split` is a `CaptionedImages` (the run's test split); `query` defaults to its first caption. The search runs
+    through the torch-free runtime. Returns (bundle path, query, hits); `exports.runtime.format_hits(hits)`
+    prints them.
+    """
+    from exports.runtime import Retriever, index_split
+
+    bundle = export_bundle(run_dir, bundle_dir, which=which)
+    retriever = Retriever.load(bundle, threads=threads)
+    index_split(retriever, split)
+    retriever.save_gallery()
+    query = split.captions[0][0] if query is None else query
+    return bundle, query, retriever.search_text(query, k=k)

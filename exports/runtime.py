@@ -318,3 +318,32 @@ class Retriever:
             hit.itm, hit.rank = float(logits[i]), rank
             out.append(hit)
         return out
+
+
+def index_split(retriever: Retriever, split, what: str = "both", keep_pixels: bool = True) -> Gallery:
+    """Embed a `rebalance_ref.dataset.CaptionedImages` split as the retriever's gallery and return it.
+
+    what: "both" (images and captions: mixed retrieval), "images" or "captions". Captions keep the name of their
+    image (for display and for checking answers).
+    """
+    if what not in ("both", "images", "captions"):
+        raise ValueError(f"what must be 'both', 'images' or 'captions', got {what!r}")
+    _, captions = split.pairs()
+    sources = [name for name, caps in zip(split.names, split.captions, strict=True) for _ in caps]
+    with_images, with_captions = what in ("both", "images"), what in ("both", "captions")
+    gallery = retriever.build_gallery(images=split.images if with_images else None,
+                                      image_names=list(split.names) if with_images else [],
+                                      captions=captions if with_captions else None,
+                                      caption_sources=sources if with_captions else None, keep_pixels=keep_pixels)
+    retriever.set_gallery(gallery)
+    return gallery
+
+
+def format_hits(hits: list[Hit]) -> str:
+    """Hits as aligned text lines: rank, kind, cosine, ITM logit (when re-ranked), and the item."""
+    lines = []
+    for hit in hits:
+        itm = "" if hit.itm is None else f"  itm {hit.itm:+.3f}"
+        what = hit.name if hit.kind == "image" else f'"{hit.caption}"' + (f"  [{hit.image}]" if hit.image else "")
+        lines.append(f"{hit.rank + 1:>3}. {hit.kind:<5}  cos {hit.score:+.3f}{itm}  {what}")
+    return "\n".join(lines)
