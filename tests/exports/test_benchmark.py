@@ -1,0 +1,39 @@
+import json
+
+from click.testing import CliRunner
+
+from exports.benchmark import random_columns, read_bandwidth, side_by_side
+from rebalance_cli.bench_retrieval import COMMAND
+
+
+def test_random_columns_are_unit_and_seeded():
+    import numpy as np
+
+    columns = random_columns(1000, 8, seed=3, chunk=300)
+    assert columns.shape == (8, 1000) and columns.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(columns, axis=0), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(columns, random_columns(1000, 8, seed=3, chunk=300))
+    assert read_bandwidth(columns, repeats=1) > 0
+
+
+def test_side_by_side_times_each_call():
+    calls = []
+    times = side_by_side({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=2)
+    assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
+    assert "a" in calls and "b" in calls
+
+
+def test_bench_retrieval_command_reports_every_ratio():
+    result = CliRunner().invoke(COMMAND, ["--sizes", "3000", "--dim", "16", "--batch", "8", "--repeats", "1",
+                                          "--encode-batches", "1", "--length", "4", "--json"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert [(r["tower"], r["batch"]) for r in report["encode"]] == [("image", 1), ("text", 1)]
+    assert all(r["ratio"] > 0 for r in report["encode"])
+    (row,) = report["search"]
+    assert row["gallery"] == 3000 and row["b1_bandwidth_fraction"] > 0 and row["batch_matmul_ratio"] > 0
+    assert report["peak_rss_mib"] > 0
+    text = CliRunner().invoke(COMMAND, ["--sizes", "500", "--dim", "8", "--batch", "4", "--repeats", "1",
+                                        "--skip-encode"], catch_exceptions=False)
+    assert text.exit_code == 0 and "exact top-10 search" in text.output
