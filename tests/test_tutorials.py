@@ -23,7 +23,10 @@ FIGURES = {
     "01_relation_matrices": ["tau2_scaling.png", "teacher_relations.png", "blend_over_lambda.png",
                              "student_vs_target.png"],
     "02_losses_and_gradients": ["kd_terms_over_lambda.png", "tau2_drift.png"],
+    "03_modal_imbalance": ["scenes.png", "presets.png", "caption_content.png", "teachers_vs_baselines.png"],
     "04_baseline_student": ["stage1_traces.png", "before_after_stage1.png"],
+    "05_structure_distillation": ["stage2_traces.png", "full_vs_baseline.png", "run/plots/relations.png",
+                                  "run/plots/traces.png"],
     "06_evaluation_protocol": ["recall_at_k.png", "ndcg_one_query.png"],
 }
 
