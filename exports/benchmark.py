@@ -4,19 +4,23 @@
   (eval mode, `torch.inference_mode`), at each batch size, same inputs, same thread count.
 - `bench_search`: exact top-k (`exports.search.ExactIndex`) over random unit galleries (N x D):
   at query batch 1 against one pass over the gallery at the read bandwidth measured in the same run on the same
-  buffer (BLAS `sdot` of its two halves: a pure streaming read, best of the samples); at a larger query batch
+  buffer (BLAS `sdot` of its two halves: a pure streaming read); at a larger query batch
   against the bare similarity product into a preallocated (Q, N) output; FAISS `IndexFlatIP` (its BLAS threshold
   lowered to 20) when faiss is importable.
 - peak memory: the process's peak resident set, and the extra memory one batched search allocates (tracemalloc).
 
-Samples of the compared calls alternate (round robin), so that a busy neighbour slows both sides alike; each
-figure is the median over the samples of `rebalance_cli.bench_ref.median_seconds` (short calls batched).
+Samples of the compared calls alternate (round robin), so that a busy neighbour slows both sides alike; times are
+medians over the samples, and each ratio is the median of the ratios of samples taken next to each other. The
+clock is wall time by default; `clock="cpu"` counts this process's CPU time, which a neighbour's processes on a
+shared machine disturb much less (with one thread per process the two agree on an idle machine).
 """
 
 from __future__ import annotations
 
+import math
 import resource
 import tempfile
+import time
 import tracemalloc
 
 import numpy as np
@@ -24,19 +28,46 @@ import numpy as np
 from exports.search import ExactIndex, FaissFlatIndex, faiss_available
 from exports.threads import set_blas_threads
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_MIN_SAMPLE_S = 0.02
 _GOALS = {"encode_b1_ratio": 0.35, "search_b1_bandwidth_fraction": 0.85, "search_batch_matmul_ratio": 1.3,
           "faiss_speedup": 1.0}
 
 
-def side_by_side(calls: dict, repeats: int) -> dict[str, float]:
-    """Median seconds per call of each named call, samples taken in alternation."""
-    from rebalance_cli.bench_ref import median_seconds
+def sample_seconds(fn, clock=time.perf_counter) -> float:
+    """Seconds per call of `fn` in one sample: calls shorter than 20 ms are repeated inside the sample."""
+    start = clock()
+    fn()
+    first = clock() - start
+    if first >= _MIN_SAMPLE_S:
+        return first
+    inner = max(1, math.ceil(_MIN_SAMPLE_S / max(first, 1e-7)))
+    start = clock()
+    for _ in range(inner):
+        fn()
+    return (clock() - start) / inner
 
+
+def side_by_side(calls: dict, repeats: int, clock: str = "wall") -> dict[str, list[float]]:
+    """Samples (seconds per call) of each named call, taken in alternation after one warm-up call each."""
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
+    for fn in calls.values():
+        fn()
     samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
         for name, fn in calls.items():
-            samples[name].append(median_seconds(fn, 1))
-    return {name: float(np.median(values)) for name, values in samples.items()}
+            samples[name].append(sample_seconds(fn, CLOCKS[clock]))
+    return samples
+
+
+def median(samples: list[float]) -> float:
+    return float(np.median(samples))
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median over repeats of the ratio of two calls sampled next to each other (robust to a busy neighbour)."""
+    return float(np.median(np.asarray(numerator) / np.asarray(denominator)))
 
 
 def random_columns(n: int, dim: int, seed: int, chunk: int = 65536) -> np.ndarray:
@@ -50,62 +81,55 @@ def random_columns(n: int, dim: int, seed: int, chunk: int = 65536) -> np.ndarra
     return columns
 
 
-def read_bandwidth(buffer: np.ndarray, repeats: int) -> float:
-    """Bytes per second of one streaming read of `buffer` (BLAS sdot of its two halves), best of `repeats`."""
-    from rebalance_cli.bench_ref import median_seconds
-
-    flat = buffer.reshape(-1)
-    half = flat.size // 2
-    best = min(median_seconds(lambda: np.dot(flat[:half], flat[half:2 * half]), 1) for _ in range(repeats))
-    return 2 * half * flat.itemsize / best
-
-
 def _unit_queries(q: int, dim: int, seed: int) -> np.ndarray:
     x = np.random.default_rng(seed).standard_normal((q, dim), dtype=np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def bench_search(sizes: tuple[int, ...], dim: int, k: int, batch: int, repeats: int, threads: int,
-                 seed: int = 0) -> list[dict]:
+                 seed: int = 0, clock: str = "wall") -> list[dict]:
     """Per gallery size: batch-1 search vs bandwidth, batched search vs bare product, FAISS if importable."""
     set_blas_threads(threads)
-    return [_search_row(n, dim, k, batch, repeats, threads, seed) for n in sizes]
+    return [_search_row(n, dim, k, batch, repeats, threads, seed, clock) for n in sizes]
 
 
-def _search_row(n: int, dim: int, k: int, batch: int, repeats: int, threads: int, seed: int) -> dict:
+def _search_row(n: int, dim: int, k: int, batch: int, repeats: int, threads: int, seed: int, clock: str) -> dict:
     columns = random_columns(n, dim, seed)
     index = ExactIndex.from_columns(columns)
     one, many = _unit_queries(1, dim, seed + 1), _unit_queries(batch, dim, seed + 2)
-    bandwidth = read_bandwidth(columns, repeats)
-    pass_s = columns.nbytes / bandwidth
-    t1 = side_by_side({"search": lambda: index.search(one, k), "gemv": lambda: one @ columns}, repeats)
+    flat = columns.reshape(-1)
+    half = flat.size // 2
+    # One pass over the gallery at read bandwidth: BLAS sdot of its two halves, sampled next to the search.
+    t1 = side_by_side({"search": lambda: index.search(one, k), "pass": lambda: np.dot(flat[:half], flat[half:2 * half]),
+                       "gemv": lambda: one @ columns}, repeats, clock)
     product = np.empty((batch, n), np.float32)
     tb = side_by_side({"search": lambda: index.search(many, k),
-                       "matmul": lambda: np.matmul(many, columns, out=product)}, repeats)
+                       "matmul": lambda: np.matmul(many, columns, out=product)}, repeats, clock)
     product = None  # free the (batch, n) product before the next measurements
-    row = {"gallery": n, "dim": dim, "k": k, "gallery_bytes": columns.nbytes, "read_bandwidth_gbs": bandwidth / 1e9,
-           "b1_pass_ms": pass_s * 1e3, "b1_search_ms": t1["search"] * 1e3, "b1_gemv_ms": t1["gemv"] * 1e3,
-           "b1_bandwidth_fraction": pass_s / t1["search"], "batch": batch,
-           "batch_search_ms": tb["search"] * 1e3, "batch_matmul_ms": tb["matmul"] * 1e3,
-           "batch_matmul_ratio": tb["search"] / tb["matmul"], "batch_qps": batch / tb["search"]}
+    row = {"gallery": n, "dim": dim, "k": k, "gallery_bytes": columns.nbytes,
+           "read_bandwidth_gbs": columns.nbytes / min(t1["pass"]) / 1e9,
+           "b1_pass_ms": median(t1["pass"]) * 1e3, "b1_search_ms": median(t1["search"]) * 1e3,
+           "b1_gemv_ms": median(t1["gemv"]) * 1e3, "b1_bandwidth_fraction": paired_ratio(t1["pass"], t1["search"]),
+           "batch": batch, "batch_search_ms": median(tb["search"]) * 1e3, "batch_matmul_ms": median(tb["matmul"]) * 1e3,
+           "batch_matmul_ratio": paired_ratio(tb["search"], tb["matmul"]), "batch_qps": batch / median(tb["search"])}
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     index.search(many, k)
     row["batch_search_extra_mib"] = (tracemalloc.get_traced_memory()[1] - base) / 2**20
     tracemalloc.stop()
     if faiss_available():
-        flat = FaissFlatIndex(np.ascontiguousarray(columns.T), threads=threads, blas_threshold=20)
-        tf = side_by_side({"faiss_b1": lambda: flat.search(one, k), "ours_b1": lambda: index.search(one, k),
-                           "faiss_batch": lambda: flat.search(many, k),
-                           "ours_batch": lambda: index.search(many, k)}, repeats)
-        row.update({"faiss_b1_ms": tf["faiss_b1"] * 1e3, "faiss_batch_ms": tf["faiss_batch"] * 1e3,
-                    "faiss_b1_speedup": tf["faiss_b1"] / tf["ours_b1"],
-                    "faiss_batch_speedup": tf["faiss_batch"] / tf["ours_batch"]})
+        faiss_index = FaissFlatIndex(np.ascontiguousarray(columns.T), threads=threads, blas_threshold=20)
+        tf = side_by_side({"faiss_b1": lambda: faiss_index.search(one, k), "ours_b1": lambda: index.search(one, k),
+                           "faiss_batch": lambda: faiss_index.search(many, k),
+                           "ours_batch": lambda: index.search(many, k)}, repeats, clock)
+        row.update({"faiss_b1_ms": median(tf["faiss_b1"]) * 1e3, "faiss_batch_ms": median(tf["faiss_batch"]) * 1e3,
+                    "faiss_b1_speedup": paired_ratio(tf["faiss_b1"], tf["ours_b1"]),
+                    "faiss_batch_speedup": paired_ratio(tf["faiss_batch"], tf["ours_batch"])})
     return row
 
 
 def bench_encode(preset: str, batches: tuple[int, ...], length: int, repeats: int, threads: int,
-                 seed: int = 0) -> list[dict]:
+                 seed: int = 0, clock: str = "wall") -> list[dict]:
     """onnxruntime vs torch latency of the image and text towers of a seeded `preset` student."""
     import torch
 
@@ -144,12 +168,13 @@ def bench_encode(preset: str, batches: tuple[int, ...], length: int, repeats: in
                 "ort_image": lambda x=images: image_session.run(None, {"images": x}),
                 "torch_image": torch_image,
                 "ort_text": lambda i=ids, m=mask: text_session.run(None, {"ids": i, "mask": m}),
-                "torch_text": torch_text}, repeats)
+                "torch_text": torch_text}, repeats, clock)
             for tower in ("image", "text"):
                 rows.append({"tower": tower, "preset": preset, "batch": b,
                              "length": length if tower == "text" else None,
-                             "ort_ms": times[f"ort_{tower}"] * 1e3, "torch_ms": times[f"torch_{tower}"] * 1e3,
-                             "ratio": times[f"ort_{tower}"] / times[f"torch_{tower}"]})
+                             "ort_ms": median(times[f"ort_{tower}"]) * 1e3,
+                             "torch_ms": median(times[f"torch_{tower}"]) * 1e3,
+                             "ratio": paired_ratio(times[f"ort_{tower}"], times[f"torch_{tower}"])})
     return rows
 
 

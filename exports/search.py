@@ -184,6 +184,11 @@ class _RunningTopK:
             # First block: each query's top k of it (every entry tied with its k-th value kept: ties stay exact).
             kth = np.partition(scores, b - k, axis=1)[:, b - k] if b > k else scores.min(axis=1)
             flat = np.flatnonzero(scores >= kth[:, None])
+            if flat.size == q * k:  # no ties at any k-th value (the usual case): these are the top k
+                self.keys[:] = _pack(scores.ravel()[flat], flat % b + offset).reshape(q, k)
+                self.threshold[:] = kth
+                self.filled = True
+                return
         query, row = np.divmod(flat, b)
         values = scores.ravel()[flat]
         limit = max(_PARTITION_FACTOR * k, b // _PARTITION_SHARE)

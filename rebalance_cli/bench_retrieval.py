@@ -26,7 +26,8 @@ def _ints(text: str, name: str) -> tuple[int, ...]:
 
 def _print(report: dict) -> None:
     goals = report["goals"]
-    click.echo(f"threads {report['threads']}   (median of {report['repeats']} alternating samples)")
+    click.echo(f"threads {report['threads']}, {report['clock']} clock, medians of {report['repeats']} alternating "
+               f"samples; ratios are medians of side-by-side pairs")
     if report["encode"]:
         click.echo(f"\nencode latency, preset {report['encode'][0]['preset']} "
                    f"(goal at batch 1: onnxruntime <= {goals['encode_b1_ratio']}x torch)")
@@ -69,16 +70,18 @@ def _print(report: dict) -> None:
 @click.option("--encode-batches", default="1,64", show_default=True, help="Batch sizes for encode latency.")
 @click.option("--length", type=click.IntRange(min=2), default=12, show_default=True, help="Text length in tokens.")
 @click.option("--skip-encode", is_flag=True, help="Skip the encoder latency (no torch needed).")
+@click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
+              help="wall: elapsed time; cpu: this process's CPU time (steadier on a shared machine).")
 def retrieval(threads: int, seed: int, as_json: bool, sizes: str, dim: int, k: int, batch: int, repeats: int,
-              preset: str, encode_batches: str, length: int, skip_encode: bool) -> None:
+              preset: str, encode_batches: str, length: int, skip_encode: bool, clock: str) -> None:
     """Encode latency (onnxruntime vs torch) and exact top-k search speed, ratios side by side."""
     set_threads(threads)
     from exports import benchmark
 
     gallery_sizes, batches = _ints(sizes, "--sizes"), _ints(encode_batches, "--encode-batches")
-    encode = [] if skip_encode else benchmark.bench_encode(preset, batches, length, repeats, threads, seed)
-    search = benchmark.bench_search(gallery_sizes, dim, k, batch, repeats, threads, seed)
-    report = {"threads": threads, "repeats": repeats, "goals": benchmark.goals(), "encode": encode,
+    encode = [] if skip_encode else benchmark.bench_encode(preset, batches, length, repeats, threads, seed, clock)
+    search = benchmark.bench_search(gallery_sizes, dim, k, batch, repeats, threads, seed, clock)
+    report = {"threads": threads, "repeats": repeats, "clock": clock, "goals": benchmark.goals(), "encode": encode,
               "search": search, "peak_rss_mib": benchmark.peak_rss_mib()}
     if as_json:
         click.echo(json.dumps(report, indent=2))
