@@ -87,7 +87,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup: float = 0.1
-    grad_clip: float | None = 5.0
+    grad_clip: float | None = None
     # --- objective
     stage1_weights: dict = field(default_factory=lambda: dict(STAGE1_WEIGHTS))
     weights: dict = field(default_factory=lambda: dict(OFFICIAL_WEIGHTS))

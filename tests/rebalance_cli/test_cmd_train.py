@@ -80,3 +80,15 @@ def test_ablate_runs_every_condition_and_prints_the_paired_table(trained):
     table = json.loads(result.stdout)
     assert set(table["diff"]) == {"+IIC,TTC", "+KD", "full", "full, KD on [v,t]"}
     assert json.loads((out / "ablation.json").read_text())["preset"] == "image-poor"
+
+
+def test_bench_train_reports_the_ratio_side_by_side(tmp_path):
+    result = CliRunner().invoke(cli, ["bench", "train", "--batch-size", "8", "--repeats", "1", "--json"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["conditions"]["itc+itm"]["ratio_to_itc_itm"] == 1.0
+    assert report["conditions"]["full (KD on z)"]["median_ms"] > 0
+    missing = CliRunner().invoke(cli, ["bench", "train", "--repeats", "1", "--demo-run", str(tmp_path)],
+                                 catch_exceptions=False)
+    assert missing.exit_code == 2 and "not a demo run folder" in missing.output
