@@ -77,16 +77,61 @@ def _torch_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-def _run_tasks(tasks: list[tuple], jobs: int, log: Callable[[str], None]) -> list[dict]:
-    """Run `(fn, *args)` tasks, `jobs` at a time in spawned processes (in this process when jobs == 1)."""
+def _pipeline(stage1: dict[int, tuple | None], conditions: dict[int, list[tuple]], jobs: int,
+              log: Callable[[str], None]) -> dict:
+    """Run each seed's stage-1 task (`(fn, *args)`, or None when done earlier), then that seed's condition tasks
+    (`(key, (fn, *args))`) as soon as its stage 1 is finished, `jobs` tasks at a time in spawned processes (in
+    this process when jobs == 1). A seed's conditions thus overlap the other seeds' stage 1. Returns
+    `{key: result}` of the condition tasks."""
+    results: dict = {}
     if jobs == 1:
-        return [fn(*args) for fn, *args in tasks]
+        for seed in stage1:
+            if stage1[seed] is not None:
+                fn, *args = stage1[seed]
+                _log_result(fn(*args), log)
+            for key, (fn, *args) in conditions[seed]:
+                results[key] = fn(*args)
+                _log_result(results[key], log, key)
+        return results
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(fn, *args) for fn, *args in tasks]
-        return [f.result() for f in futures]
+        pending: dict = {}
+
+        def submit_conditions(seed: int) -> None:
+            for key, (fn, *args) in conditions[seed]:
+                pending[pool.submit(fn, *args)] = ("condition", key)
+
+        for seed, task in stage1.items():
+            if task is None:
+                submit_conditions(seed)
+            else:
+                fn, *args = task
+                pending[pool.submit(fn, *args)] = ("stage1", seed)
+        while pending:
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for future in done:
+                kind, key = pending.pop(future)
+                result = future.result()
+                if kind == "stage1":
+                    _log_result(result, log)
+                    submit_conditions(key)
+                else:
+                    results[key] = result
+                    _log_result(result, log, key)
+    return results
+
+
+def _log_result(result, log: Callable[[str], None], key=None) -> None:
+    if not isinstance(result, dict):
+        return
+    if result.get("log"):
+        log("\n".join(result["log"]))
+    if key is not None and "test" in result:
+        name, seed = key
+        log(f"  seed {seed} {name}: R-mean {result['test']['cos_r_mean']:.2f}, "
+            f"I2I attr {result['test'].get('attr_i2i@10', float('nan')):.2f}")
 
 
 def paired_table(results: dict[str, dict[int, dict]], keys=TABLE_KEYS) -> dict:
@@ -135,24 +180,18 @@ def run_ablation(preset: str, seeds: int = 3, jobs: int = 2, out: str | Path | N
     out.mkdir(parents=True, exist_ok=True)
     tic = time.perf_counter()
     seed_dirs = {s: out / f"seed{s}" for s in range(seeds)}
-    stage1_tasks = [(_stage1_task, base.replace(seed=s).to_dict(), str(d)) for s, d in seed_dirs.items()
-                    if not (d / "checkpoints" / "stage1-best.pt").is_file()]
+    stage1_tasks = {s: None if (d / "checkpoints" / "stage1-best.pt").is_file() else
+                    (_stage1_task, base.replace(seed=s).to_dict(), str(d)) for s, d in seed_dirs.items()}
+    condition_tasks = {s: [((name, s), (_condition_task, base.replace(seed=s, teacher_dir=str(d / "teachers"),
+                                                                     **changes).to_dict(), str(d),
+                                        str(d / _folder(name))))
+                           for name, changes in conditions.items()] for s, d in seed_dirs.items()}
     log(f"ablate {preset}: {seeds} seeds × {len(conditions)} conditions, {jobs} process(es); stage 1 for "
-        f"{len(stage1_tasks)} seed(s)")
-    for result in _run_tasks(stage1_tasks, min(jobs, max(1, len(stage1_tasks))), log):
-        log("\n".join(result["log"]))
-    stage1_s = time.perf_counter() - tic
-    tasks, keys = [], []
-    for s, d in seed_dirs.items():
-        for name, changes in conditions.items():
-            cfg = base.replace(seed=s, teacher_dir=str(d / "teachers"), **changes)
-            tasks.append((_condition_task, cfg.to_dict(), str(d), str(d / _folder(name))))
-            keys.append((name, s))
+        f"{sum(t is not None for t in stage1_tasks.values())} seed(s)")
+    done = _pipeline(stage1_tasks, condition_tasks, jobs, log)
     results: dict[str, dict[int, dict]] = {name: {} for name in conditions}
-    for (name, s), result in zip(keys, _run_tasks(tasks, jobs, log), strict=True):
+    for (name, s), result in sorted(done.items(), key=lambda item: (item[0][1], list(conditions).index(item[0][0]))):
         results[name][s] = result["test"]
-        log(f"  seed {s} {name}: R-mean {result['test']['cos_r_mean']:.2f}, "
-            f"I2I attr {result['test'].get('attr_i2i@10', float('nan')):.2f}")
     table = paired_table(results)
     elapsed = time.perf_counter() - tic
     labels = [(k, label) for k, label in TABLE_KEYS if k in table["baseline"]]
@@ -160,7 +199,7 @@ def run_ablation(preset: str, seeds: int = 3, jobs: int = 2, out: str | Path | N
                         title=f"{preset}: condition − baseline, mean ± std over {seeds} seeds")
     record = {"preset": preset, "seeds": seeds, "jobs": jobs, "config": base.to_dict(),
               "conditions": {k: v for k, v in conditions.items()}, "results": results, "table": table,
-              "seconds": {"stage1_and_teachers": stage1_s, "total": elapsed}}
+              "seconds": {"total": elapsed}}
     (out / "ablation.json").write_text(json.dumps(record, indent=2))
     md = table_markdown(table)
     (out / "ablation.md").write_text(f"# Ablation: {preset}, {seeds} seeds\n\n{md}\n\nWall time {elapsed:.0f} s "

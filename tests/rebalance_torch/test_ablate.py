@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from rebalance_torch.ablate import CONDITIONS, _run_tasks, paired_table, run_ablation, table_markdown
+from rebalance_torch.ablate import CONDITIONS, _pipeline, paired_table, run_ablation, table_markdown
 from rebalance_torch.config import BASELINE_WEIGHTS, OFFICIAL_WEIGHTS
 from tests.rebalance_torch.test_train import TINY
 
@@ -63,7 +63,9 @@ def test_bad_arguments_are_refused(tmp_path):
         run_ablation("balanced", seeds=0, out=tmp_path, base=TINY)
 
 
-def test_tasks_run_in_spawned_processes():
-    pids = _run_tasks([(os.getpid,), (os.getpid,)], jobs=2, log=print)
-    assert os.getpid() not in pids
-    assert _run_tasks([(os.getpid,)], jobs=1, log=print) == [os.getpid()]
+def test_conditions_follow_their_seed_stage1_in_spawned_processes():
+    stage1 = {0: (os.getpid,), 1: None}  # seed 1's stage 1 was done earlier
+    conditions = {0: [(("a", 0), (os.getpid,)), (("b", 0), (os.getpid,))], 1: [(("a", 1), (os.getpid,))]}
+    pids = _pipeline(stage1, conditions, jobs=2, log=print)
+    assert set(pids) == {("a", 0), ("b", 0), ("a", 1)} and os.getpid() not in pids.values()
+    assert set(_pipeline(stage1, conditions, jobs=1, log=print).values()) == {os.getpid()}
