@@ -16,7 +16,8 @@
 # 4. compares those with the same student *before* training, to see what matching pairs does — and does not
 #    do — to the structure inside each modality.
 #
-# The same run on the command line: `rebalance train --stage 1 ...` (see `rebalance train --help`).
+# The same run on the command line: `rebalance train --out RUN --preset text-poor --stage1-steps 250
+# --stage2-steps 0 ...` (see `rebalance train --help`).
 
 # %%
 import json

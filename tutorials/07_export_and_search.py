@@ -17,7 +17,9 @@
 # 4. indexes a gallery of images and captions and searches it by text, by image and with ITM re-ranking;
 # 5. proves the serving side needs no torch: the same search in a fresh process where `import torch` fails.
 #
-# The command-line route is `rebalance export RUN BUNDLE --verify`, `rebalance index`, `rebalance search`.
+# The command-line route: `rebalance export --run RUN --out BUNDLE --verify`, then
+# `rebalance index --bundle BUNDLE --data DATA` and `rebalance search --bundle BUNDLE --text "a red circle"`
+# (`docs/export.md`).
 
 # %%
 import json
