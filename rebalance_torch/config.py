@@ -26,6 +26,9 @@ IMAGE_TEACHERS = ("supervised", "ssl")
 TAU2_MODES = ("learnable", "fixed")
 LAMBDA_MODES = ("unconstrained", "sigmoid")
 STUDENT_RELATIONS = ("fused", "projected")
+# Where ITM draws its hard negatives when training on several processes: this process's rows (official) or the
+# batch gathered from all processes (see docs/distributed.md).
+ITM_NEGATIVES = ("local", "global")
 DEVICES = ("cpu", "cuda")
 AUGMENTS = ("none", "mild")
 SELECT_ON = ("r_mean", "last")
@@ -98,6 +101,7 @@ class TrainConfig:
     lam_init: float = 0.5
     tau_clamp: list | None = field(default_factory=lambda: [0.01, 0.5])
     student_relation: str = "fused"
+    itm_negatives: str = "local"
     # --- selection and evaluation
     eval_every: int = 125
     select_on: str = "r_mean"
@@ -141,6 +145,7 @@ class TrainConfig:
             raise ValueError(f"lam_init must lie in (0, 1) when lam='sigmoid', got {self.lam_init!r}")
         for name, allowed in (("distance", DISTANCES), ("image_teacher", IMAGE_TEACHERS), ("tau2", TAU2_MODES),
                               ("lam", LAMBDA_MODES), ("student_relation", STUDENT_RELATIONS),
+                              ("itm_negatives", ITM_NEGATIVES),
                               ("device", DEVICES), ("select_on", SELECT_ON), ("augment", AUGMENTS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
