@@ -3,20 +3,21 @@
 The official code ships teacher features as precomputed arrays (image 1024-d, text 768-d: the sizes of a Swin-B and
 a BERT-base) and publishes no teacher training. Here the teachers are small networks trained on one modality each:
 
-- **Image teacher, "supervised"** (default): the student's image-tower architecture trained on images alone to
-  predict the scenes' multi-hot attribute labels (`rebalance_ref.shapes.attribute_targets`: shapes, colours, sizes,
-  occupied cells and which object sits where) with binary cross-entropy. It stands in for an ImageNet-style
-  pretrained backbone: a network that learned visual categories from labels. Those labels are *privileged
-  information*: the teacher sees them once, before the student trains; the student never sees them, only the
-  teacher's features. Real data has no attributes, so there only "ssl" applies.
+- **Image teacher, "supervised"** (default): a small CNN (`ImageTeacher`) trained on images alone to predict the
+  scenes' multi-hot attribute labels (`rebalance_ref.shapes.attribute_targets`: shapes, colours, sizes, occupied
+  cells and which object sits where) with binary cross-entropy, each label group weighted equally. It stands in
+  for an ImageNet-style pretrained backbone: a network that learned visual categories from labels. Those labels
+  are *privileged information*: the teacher sees them once, before the student trains; the student never sees
+  them, only the teacher's features. Real data has no attributes, so there only "ssl" applies.
 - **Image teacher, "ssl"**: the same network trained self-supervised (SimCLR / InfoNCE between two augmented views
   of each image). The augmentations keep what is semantic in the shapes world: Gaussian pixel noise, brightness and
   contrast jitter, shifts of at most 1 pixel; no flips and no crops, which would move positions.
-- **Text teacher**: a small transformer over the captions alone, trained with InfoNCE where two captions of the
-  same image are a positive pair (other images' captions in the batch are negatives).
+- **Text teacher**: a fastText-style network over words and word pairs (`TextTeacher`), trained on the captions
+  alone with InfoNCE where two captions of the same image are a positive pair (other images' captions in the
+  batch are negatives).
 
-Features are the pooled penultimate representation (the image tower's average-pooled token; the text tower's
-[CLS]), taken in eval mode after training. They follow the official format: one row per training caption in
+Features are the pooled penultimate representation (the layer under each training head, 128-d), taken in eval
+mode after training. They follow the official format: one row per training caption in
 `CaptionedImages.pairs()` order; the image teacher's row r is the feature of row r's image. For val/test, image
 features are one row per image and text features one row per caption.
 
@@ -47,7 +48,7 @@ from rebalance_torch.data import Augment, augment_images
 from rebalance_torch.models import CLIP_MEAN, CLIP_STD, count_parameters
 
 IMAGE_TEACHERS = ("supervised", "ssl")
-# Epochs that train each teacher to a plateau at demo size (a few thousand 32x32 images) in seconds on one thread.
+# Epochs that train each teacher at demo size (about a thousand 32x32 scenes) in seconds on one thread.
 DEFAULT_EPOCHS = {"supervised": 20, "ssl": 10, "text": 10}
 FEATURE_FILES = ("train_image", "train_text", "val_image", "val_text", "test_image", "test_text")
 REPORT_FILE = "report.json"
