@@ -196,12 +196,13 @@ def export_bundle(run_dir: str | Path, bundle_dir: str | Path, *, which: str = "
 
 
 def export_and_search(run_dir: str | Path, bundle_dir: str | Path, split, *, query: str | None = None, k: int = 5,
-                      threads: int = 1, which: str = "best"):
+                      threads: int = 1, which: str = "best", **search_options):
     """The end of `rebalance demo`: export the run's student, index `split` into the bundle, search it once.
 
     `split` is a `CaptionedImages` (the run's test split); `query` defaults to its first caption. The search runs
-    through the torch-free runtime. Returns (bundle path, query, hits); `exports.runtime.format_hits(hits)`
-    prints them.
+    through the torch-free runtime; `search_options` go to `Retriever.search` (e.g. `modality="image"` for
+    text-to-image retrieval, `rerank=True`). Returns (bundle path, query, hits);
+    `exports.runtime.format_hits(hits)` prints them.
     """
     from exports.runtime import Retriever, index_split
 
@@ -210,4 +211,4 @@ def export_and_search(run_dir: str | Path, bundle_dir: str | Path, split, *, que
     index_split(retriever, split)
     retriever.save_gallery()
     query = split.captions[0][0] if query is None else query
-    return bundle, query, retriever.search_text(query, k=k)
+    return bundle, query, retriever.search_text(query, k=k, **search_options)
