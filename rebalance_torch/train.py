@@ -29,6 +29,7 @@ Run folder: `config.json`, `tokenizer.json`, `metrics.jsonl` (one JSON line per 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -49,6 +50,7 @@ from rebalance_torch import evaluate as ev
 from rebalance_torch import losses
 from rebalance_torch.config import TrainConfig
 from rebalance_torch.data import MILD, Augment, Collate, PairDataset
+from rebalance_torch.distributed import DistContext
 from rebalance_torch.models import ModelConfig, Student
 
 TEACHER_TERMS = ("iic", "ttc", "kd", "kdi", "kdt")
@@ -247,11 +249,12 @@ class Objective(nn.Module):
 
 # --- one step ---------------------------------------------------------------------------------------------------
 
-def sample_itm_negatives(v: torch.Tensor, t: torch.Tensor, idx: torch.Tensor, tau: torch.Tensor):
+def sample_itm_negatives(v: torch.Tensor, t: torch.Tensor, idx: torch.Tensor, tau: torch.Tensor,
+                         generator: torch.Generator | None = None):
     """Hard negatives (no grad): for each text j an image drawn from softmax_k(t_j·v_k/τ) + 1e-5, for each image i
     a text drawn from softmax_k(v_i·t_k/τ) + 1e-5, entries of the same image set to 0. Returns
     (negative image row per text (B,), negative text row per image (B,)). A row with no other image (a batch of
-    one image) falls back to uniform over the batch."""
+    one image) falls back to uniform over the batch. Draws from `generator`, or torch's global RNG when None."""
     with torch.no_grad():
         sim = v @ t.T / tau                                  # (B, B) image i vs text j
         same = idx[:, None] == idx[None, :]                   # (B, B)
@@ -263,33 +266,56 @@ def sample_itm_negatives(v: torch.Tensor, t: torch.Tensor, idx: torch.Tensor, ta
             empty = w.sum(1) == 0
             if empty.any():
                 w[empty] = 1.0
-        neg_image = torch.multinomial(w_t2i, 1).squeeze(1)
-        neg_text = torch.multinomial(w_i2t, 1).squeeze(1)
+        neg_image = torch.multinomial(w_t2i, 1, generator=generator).squeeze(1)
+        neg_text = torch.multinomial(w_i2t, 1, generator=generator).squeeze(1)
     return neg_image, neg_text
+
+
+def _same(x, *_):
+    return x
 
 
 def compute_losses(student: Student, objective: Objective | None, config: TrainConfig, stage: int,
                    images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, idx: torch.Tensor,
-                   image_feats: torch.Tensor | None = None, text_feats: torch.Tensor | None = None):
+                   image_feats: torch.Tensor | None = None, text_feats: torch.Tensor | None = None,
+                   dist_ctx: DistContext | None = None, itm_generator: torch.Generator | None = None):
     """The weighted objective of `stage` on one batch: `(total, terms)`, terms a dict of detached floats (every
-    term with a non-zero weight, plus λ, τ, τ2 in stage 2). Terms with weight 0 are not computed."""
+    term with a non-zero weight, plus λ, τ, τ2 in stage 2). Terms with weight 0 are not computed.
+
+    Several processes (`dist_ctx`, see rebalance_torch.distributed; None = one process): the inputs are this
+    process's rows of the global batch; ITC, IIC, TTC and the structure terms see the batch gathered from every
+    process (differentiably); ITM scores this process's pairs, with negatives from its own rows
+    (`config.itm_negatives="local"`, official) or from the gathered batch ("global"); the logged terms are
+    averaged over processes. `itm_generator`: the ITM negatives' random stream (torch's global RNG when None)."""
+    gather = dist_ctx.gather if dist_ctx is not None else _same
+    shard = dist_ctx.shard if dist_ctx is not None else _same
     w = {name: config.weight(name, stage) for name in ("itc", "itm") + TEACHER_TERMS}
     tau = student.temp
     image_tokens, h_v = student.encode_image(images)
     text_tokens, h_t = student.encode_text(ids, mask)
     v, t = student.project_image(h_v), student.project_text(h_t)
+    v_all, t_all, idx_all = gather(v), gather(t), gather(idx)   # the global batch: (B, D), (B, D), (B,)
     terms: dict[str, torch.Tensor] = {}
     z = None
     if w["itc"]:
-        terms["itc"] = losses.itc(v, t, tau, idx)
+        terms["itc"] = losses.itc(v_all, t_all, tau, idx_all)
     need_z = stage == 2 and config.student_relation == "fused" and any(w[k] for k in STRUCTURE_TERMS)
     if w["itm"] or need_z:
         b = images.shape[0]
+        if w["itm"] and config.itm_negatives == "global":
+            # negatives drawn over the global batch (the same draws on every process); each keeps its rows' draws
+            # and takes the negatives' tokens from the gathered batch (token lengths padded to the longest)
+            neg_image, neg_text = (shard(n) for n in sample_itm_negatives(v_all, t_all, idx_all, tau,
+                                                                           itm_generator))
+            image_pool, text_pool, mask_pool = gather(image_tokens), gather(text_tokens, 1), gather(mask, 1)
+            text_tokens, mask = shard(text_pool), shard(mask_pool)
+        elif w["itm"]:
+            neg_image, neg_text = sample_itm_negatives(v, t, idx, tau, itm_generator)
+            image_pool, text_pool, mask_pool = image_tokens, text_tokens, mask
         if w["itm"]:
-            neg_image, neg_text = sample_itm_negatives(v, t, idx, tau)
-            text_all = torch.cat([text_tokens, text_tokens, text_tokens[neg_text]])
-            mask_all = torch.cat([mask, mask, mask[neg_text]])
-            image_all = torch.cat([image_tokens, image_tokens[neg_image], image_tokens])
+            text_all = torch.cat([text_tokens, text_tokens, text_pool[neg_text]])
+            mask_all = torch.cat([mask, mask, mask_pool[neg_text]])
+            image_all = torch.cat([image_tokens, image_pool[neg_image], image_tokens])
         else:
             text_all, mask_all, image_all = text_tokens, mask, image_tokens
         fused_cls = student.fuse(text_all, mask_all, image_all)[:, 0]   # (3B or B, W_t)
@@ -299,16 +325,19 @@ def compute_losses(student: Student, objective: Objective | None, config: TrainC
             terms["itm"] = losses.itm(student.itm_head(fused_cls), labels.to(images.device))
     if stage == 2 and objective is not None:
         if w["iic"]:
-            terms["iic"] = losses.single_contrast(v, objective.image_teacher_proj(image_feats), tau, idx)
+            terms["iic"] = losses.single_contrast(v_all, gather(objective.image_teacher_proj(image_feats)), tau,
+                                                  idx_all)
         if w["ttc"]:
-            terms["ttc"] = losses.single_contrast(t, objective.text_teacher_proj(text_feats), tau, idx)
+            terms["ttc"] = losses.single_contrast(t_all, gather(objective.text_teacher_proj(text_feats)), tau,
+                                                  idx_all)
         if any(w[k] for k in STRUCTURE_TERMS):
-            student_rel = z if config.student_relation == "fused" else torch.cat([v, t], dim=1)
-            a, bt, row_weights = image_feats, text_feats, None
+            student_rel = gather(z) if config.student_relation == "fused" else torch.cat([v_all, t_all], dim=1)
             if config.distance == "wasserstein":
-                a, bt = objective.image_wd_mlp(image_feats), objective.text_wd_mlp(text_feats)
+                a, bt = gather(objective.image_wd_mlp(image_feats)), gather(objective.text_wd_mlp(text_feats))
                 # official D = 1 − t tᵀ (not detached); clamped at 0 against rounding for identical captions
-                row_weights = (1.0 - t @ t.T).clamp_min(0.0)
+                row_weights = (1.0 - t_all @ t_all.T).clamp_min(0.0)
+            else:
+                a, bt, row_weights = gather(image_feats), gather(text_feats), None
             structure = losses.structure_terms(student_rel, a, bt, objective.lam(), objective.tau2(),
                                                distance=config.distance, row_weights=row_weights)
             for k in STRUCTURE_TERMS:
@@ -317,6 +346,8 @@ def compute_losses(student: Student, objective: Objective | None, config: TrainC
     total = sum(w[k] * value for k, value in terms.items())
     logged = {k: float(value.detach()) for k, value in terms.items()}
     logged["loss"] = float(total.detach())
+    if dist_ctx is not None:
+        logged = dist_ctx.mean(logged)  # the global terms agree already; ITM becomes the mean over processes
     logged["tau"] = float(tau.detach())
     if stage == 2 and objective is not None:
         logged["lam"] = float(objective.lam().detach())
@@ -387,6 +418,19 @@ class RunLog:
         self.metrics_path.write_text("".join(line + "\n" for line in kept))
 
 
+class _SilentLog(RunLog):
+    """The run log of processes other than 0: they write and say nothing (process 0 logs once for all)."""
+
+    def echo(self, message: str) -> None:
+        pass
+
+    def write(self, row: dict) -> None:
+        pass
+
+    def truncate(self, stage: int, step: int) -> None:
+        pass
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
@@ -439,9 +483,12 @@ def teacher_check(student: Student, prepared: Prepared, device: str) -> dict:
 
 def train_stage(stage: int, config: TrainConfig, prepared: Prepared, run_dir: Path, runlog: RunLog,
                 student: Student, resume_state: dict | None = None, progress: bool = True,
-                stop_after: int | None = None) -> dict:
+                stop_after: int | None = None, dist_ctx: DistContext | None = None) -> dict:
     """Train one stage in `run_dir`; returns the stage's best validation record. `resume_state` continues a
-    checkpointed stage; `stop_after` stops after that many steps of this stage (for tests and time budgets)."""
+    checkpointed stage; `stop_after` stops after that many steps of this stage (for tests and time budgets).
+    `dist_ctx`: several processes (each trains on its shard of every global batch; process 0 validates and
+    writes the checkpoints); None = one process."""
+    ctx = dist_ctx or DistContext()
     device = torch.device(config.device)
     total = config.stage1_steps if stage == 1 else config.stage2_steps
     objective = None
@@ -456,6 +503,9 @@ def train_stage(stage: int, config: TrainConfig, prepared: Prepared, run_dir: Pa
         objective.to(device)
     student.to(device)
     optimizer = make_optimizer([student] + ([objective] if objective is not None else []), config)
+    # one step's losses; with several processes through DDP, which averages the gradients in backward
+    step_losses = ctx.data_parallel([student, objective], functools.partial(
+        compute_losses, student, objective, config, stage, dist_ctx=dist_ctx))
     best = {"score": -math.inf, "step": -1}
     start = 0
     if resume_state is not None:
@@ -475,16 +525,19 @@ def train_stage(stage: int, config: TrainConfig, prepared: Prepared, run_dir: Pa
     val: dict = {}
     tic = time.perf_counter()
     for step in range(start, end):
-        torch.manual_seed(_seed(config.seed, stage, step))
+        torch.manual_seed(_seed(config.seed, stage, step, *ctx.seed_parts))
         lr = lr_at(step, total, config.warmup, config.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        rows = batch_rows(config.seed, stage, step, n_rows, config.batch_size)
+        rows = ctx.shard(batch_rows(config.seed, stage, step, n_rows, config.batch_size))  # this process's rows
         images, ids, mask, idx, _ = prepared.collate([prepared.dataset[int(r)] for r in rows])
         a = image_feats_all[rows].to(device) if image_feats_all is not None and stage == 2 else None
         b = text_feats_all[rows].to(device) if text_feats_all is not None and stage == 2 else None
-        loss, terms = compute_losses(student, objective, config, stage, images.to(device), ids.to(device),
-                                     mask.to(device), idx.to(device), a, b)
+        itm_generator = None
+        if config.itm_negatives == "global":  # one stream shared by every process (and any world size)
+            itm_generator = torch.Generator(device=device).manual_seed(_seed(config.seed, stage, step, 3))
+        loss, terms = step_losses(images.to(device), ids.to(device), mask.to(device), idx.to(device), a, b,
+                                  itm_generator=itm_generator)
         if not math.isfinite(terms["loss"]):
             raise FloatingPointError(f"stage {stage} step {step}: the loss is {terms['loss']} ({terms}); lower "
                                      f"the learning rate or clamp τ (tau_clamp)")
@@ -501,7 +554,7 @@ def train_stage(stage: int, config: TrainConfig, prepared: Prepared, run_dir: Pa
         done = step + 1
         if done % LOG_EVERY == 0 or done == total or done == end:
             runlog.write({"stage": stage, "step": done, "lr": lr, **terms})
-        if done % config.eval_every == 0 or done == total:
+        if ctx.is_main and (done % config.eval_every == 0 or done == total):
             emb = ev.encode_split(student, prepared.splits["val"], prepared.tokenizer, device=config.device,
                                   keep_tokens=False)
             val = ev.cosine_recall(emb)
@@ -514,6 +567,7 @@ def train_stage(stage: int, config: TrainConfig, prepared: Prepared, run_dir: Pa
             ckpt.save_checkpoint(_state(config, student, objective, optimizer, stage, done, best, val),
                                  ckpt.checkpoint_path(run_dir, stage, "last"))
     bar.close()
+    ctx.barrier()  # the checkpoints process 0 wrote are on disk before any process reads them
     elapsed = time.perf_counter() - tic
     if end > start:
         runlog.echo(f"stage {stage}: steps {start}->{end} of {total} in {elapsed:.1f} s "
@@ -544,7 +598,8 @@ def _load_into(student: Student, path: Path, config: TrainConfig, fields=None) -
 
 def train(config: TrainConfig, run_dir: str | Path, *, prepared: Prepared | None = None, init: str | Path | None
           = None, stages: tuple[int, ...] = (1, 2), resume: bool = False, progress: bool = True,
-          log: Callable[[str], None] = print, stop_after: int | None = None, evaluate_test: bool = True) -> dict:
+          log: Callable[[str], None] = print, stop_after: int | None = None, evaluate_test: bool = True,
+          dist_ctx: DistContext | None = None) -> dict:
     """Train a run into `run_dir` and return its summary.
 
     `stages`: which stages to run (a stage with 0 steps is skipped). Stage 2 starts from `init` (a stage-1
@@ -552,10 +607,17 @@ def train(config: TrainConfig, run_dir: str | Path, *, prepared: Prepared | None
     `stage1-best.pt`. `resume=True` continues from the `last` checkpoints present; the config must match the
     checkpoint's (device and threads aside). After training, the best checkpoint is evaluated on the test split
     (`eval.json`), plots and `report.md` are written.
+
+    `dist_ctx` (from `rebalance_torch.distributed.from_environment`, under torchrun): train on several processes;
+    each takes its shard of every global batch of `config.batch_size` rows; process 0 alone writes the run
+    folder, logs, validates and evaluates (the others return a summary without "test"). Resuming works on any
+    number of processes: the data order depends on the global batch and the step only.
     """
+    ctx = dist_ctx or DistContext()
+    ctx.check_batch(config.batch_size)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    runlog = RunLog(run_dir, log)
+    runlog = RunLog(run_dir, log) if ctx.is_main else _SilentLog(run_dir, log)
     torch.manual_seed(config.seed)
     stages = tuple(s for s in stages if (config.stage1_steps if s == 1 else config.stage2_steps) > 0)
     if not stages:
@@ -573,16 +635,23 @@ def train(config: TrainConfig, run_dir: str | Path, *, prepared: Prepared | None
         if diff:
             lines = "; ".join(f"{k}: run {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
             raise ValueError(f"--resume: {config_file} differs from this config ({lines})")
-    config.save(config_file)
+    ctx.barrier()  # every process has read the folder before process 0 writes to it
+    if ctx.is_main:
+        config.save(config_file)
     tokenizer = None
     if init is not None and (Path(init).parent.parent / "tokenizer.json").is_file():
         tokenizer = Tokenizer.load(Path(init).parent.parent / "tokenizer.json")
     elif resume and (run_dir / "tokenizer.json").is_file():
         tokenizer = Tokenizer.load(run_dir / "tokenizer.json")
     if prepared is None:
-        prepared = prepare(config, teachers=config.uses_teachers() and 2 in stages, log=runlog.echo,
-                           tokenizer=tokenizer, teacher_cache=run_dir / "teachers")
-    prepared.tokenizer.save(run_dir / "tokenizer.json")
+        # process 0 first: it trains the teachers (if needed) and caches them; the others then read the cache
+        for turn in (True, False):
+            if ctx.is_main == turn:
+                prepared = prepare(config, teachers=config.uses_teachers() and 2 in stages, log=runlog.echo,
+                                   tokenizer=tokenizer, teacher_cache=run_dir / "teachers")
+            ctx.barrier()
+    if ctx.is_main:
+        prepared.tokenizer.save(run_dir / "tokenizer.json")
     if 2 in stages and config.uses_teachers() and prepared.teachers is None:
         raise ValueError("stage 2 weights use teacher terms but no teacher features were prepared")
     student = build_student(config, prepared.tokenizer)
@@ -605,7 +674,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, prepared: Prepared | None
             _load_into(student, source, config, fields=MODEL_FIELDS)
             runlog.truncate(1, 10 ** 12)
             runlog.echo(f"stage 2: starting from {source}")
-            check = teacher_check(student, prepared, config.device)
+            check = teacher_check(student, prepared, config.device) if ctx.is_main else {}
             if check:
                 (run_dir / "teacher_check.json").write_text(json.dumps(check, indent=2))
                 for key, r in check.items():
@@ -614,14 +683,15 @@ def train(config: TrainConfig, run_dir: str | Path, *, prepared: Prepared | None
         elif stage == 1:
             runlog.truncate(0, 0)
         tic = time.perf_counter()
-        result = train_stage(stage, config, prepared, run_dir, runlog, student, resume_state, progress, stop_after)
+        result = train_stage(stage, config, prepared, run_dir, runlog, student, resume_state,
+                             progress and ctx.is_main, stop_after, dist_ctx=dist_ctx)
         summary["timings"][f"stage{stage}"] = time.perf_counter() - tic
         summary["stages"][stage] = result
         if not result["finished"]:
             return summary
         if stage == 1 and 2 in stages:
             pass  # stage 2 reloads stage 1's best checkpoint above
-    if evaluate_test:
+    if evaluate_test and ctx.is_main:
         tic = time.perf_counter()
         best_student, _, _ = ckpt.load_student(run_dir, "best", map_location=config.device)
         results = ev.evaluate_student(best_student, prepared.splits["test"], prepared.tokenizer,
