@@ -167,8 +167,12 @@ def contrast_jitter(images: torch.Tensor, strength: float, generator: torch.Gene
 
 
 def ssl_view(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One SimCLR view: noise, brightness, +-1 px shift (`rebalance_torch.data.augment_images`) and contrast."""
-    return contrast_jitter(augment_images(images, SSL_AUGMENT, generator), SSL_CONTRAST, generator)
+    """One SimCLR view: noise, brightness, +-1 px shift (`rebalance_torch.data.augment_images`) and contrast.
+
+    Drawn on the CPU from `generator` (so a seed gives the same views on any device), returned on images' device.
+    """
+    view = contrast_jitter(augment_images(images.cpu(), SSL_AUGMENT, generator), SSL_CONTRAST, generator)
+    return view.to(images.device)
 
 
 # --- training --------------------------------------------------------------------------------------------------
@@ -186,6 +190,33 @@ def _optimizer(model: nn.Module, total_steps: int) -> tuple[torch.optim.Optimize
     schedule = lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup)  # noqa: E731
                                                                                   / max(1, total_steps - warmup)))
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+
+
+def _fit(model: nn.Module, n: int, batch: int, epochs: int, gen: torch.Generator,
+         loss_fn: Callable[[torch.Tensor], torch.Tensor], label: str, log: Callable[[str], None] | None) -> dict:
+    """Train `model` for `epochs` passes over `n` items in shuffled batches (`loss_fn(rows)` gives each batch's
+    loss; a last incomplete batch is dropped), then freeze it in eval mode. Returns the training record."""
+    batch = min(batch, n)
+    steps_per_epoch = max(1, n // batch)
+    opt, sched = _optimizer(model, epochs * steps_per_epoch)
+    start, losses = time.perf_counter(), []
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        total = 0.0
+        for step in range(steps_per_epoch):
+            loss = loss_fn(order[step * batch:(step + 1) * batch])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item()
+        losses.append(total / steps_per_epoch)
+        if log:
+            log(f"{label} epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}")
+    model.eval().requires_grad_(False)
+    return {"steps": epochs * steps_per_epoch, "batch_size": batch, "loss_per_epoch": losses,
+            "seconds": time.perf_counter() - start}
 
 
 def label_group_weights(names: list[str]) -> torch.Tensor:
@@ -226,34 +257,15 @@ def train_image_teacher(train: CaptionedImages, kind: str = "supervised", seed: 
     out_dim = targets.shape[1] if targets is not None else PROJECTION_DIM
     model = _build(seed, lambda: ImageTeacher(train.image_size[0], out_dim, kind)).to(device)
     gen = torch.Generator().manual_seed(seed + 1)
-    n = len(images)
-    batch = min(IMAGE_BATCH, n)
-    steps_per_epoch = max(1, n // batch)
-    opt, sched = _optimizer(model, epochs * steps_per_epoch)
-    start, losses = time.perf_counter(), []
-    model.train()
-    for epoch in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        total = 0.0
-        for s in range(steps_per_epoch):
-            rows = order[s * batch:(s + 1) * batch].to(device)
-            x = images[rows]
-            if kind == "supervised":
-                loss = F.binary_cross_entropy_with_logits(model(x), targets[rows], weight=column_weight)
-            else:
-                loss = info_nce(model(ssl_view(x, gen)), model(ssl_view(x, gen)), SSL_TEMPERATURE)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item()
-        losses.append(total / steps_per_epoch)
-        if log:
-            log(f"image teacher ({kind}) epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}")
-    model.eval().requires_grad_(False)
-    info = {"kind": kind, "epochs": epochs, "steps": epochs * steps_per_epoch, "batch_size": batch,
-            "loss_per_epoch": losses, "seconds": time.perf_counter() - start, "parameters": count_parameters(model),
-            "feature_dim": TEACHER_WIDTH}
+
+    def loss_fn(rows: torch.Tensor) -> torch.Tensor:
+        x = images[rows.to(device)]
+        if kind == "supervised":
+            return F.binary_cross_entropy_with_logits(model(x), targets[rows.to(device)], weight=column_weight)
+        return info_nce(model(ssl_view(x, gen)), model(ssl_view(x, gen)), SSL_TEMPERATURE)
+
+    fit = _fit(model, len(images), IMAGE_BATCH, epochs, gen, loss_fn, f"image teacher ({kind})", log)
+    info = {"kind": kind, "epochs": epochs, **fit, "parameters": count_parameters(model), "feature_dim": TEACHER_WIDTH}
     return model, info
 
 
@@ -283,33 +295,16 @@ def train_text_teacher(train: CaptionedImages, seed: int = 0, epochs: int | None
     tokenizer = Tokenizer.build(flat, max_len=max_len)
     model = _build(seed + 2, lambda: TextTeacher(tokenizer.vocab_size)).to(device)
     gen = torch.Generator().manual_seed(seed + 3)
-    n = len(train)
-    batch = min(TEXT_BATCH, n)
-    steps_per_epoch = max(1, n // batch)
-    opt, sched = _optimizer(model, epochs * steps_per_epoch)
-    start, losses = time.perf_counter(), []
-    model.train()
-    for epoch in range(epochs):
-        order = torch.randperm(n, generator=gen).tolist()
-        total = 0.0
-        for s in range(steps_per_epoch):
-            rows = order[s * batch:(s + 1) * batch]
-            a, b = _pair_captions([train.captions[r] for r in rows], gen)
-            ids, mask = (torch.from_numpy(x).to(device) for x in tokenizer.encode(a + b))
-            z = model(ids, mask)
-            loss = info_nce(z[:len(rows)], z[len(rows):], TEXT_TEMPERATURE)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item()
-        losses.append(total / steps_per_epoch)
-        if log:
-            log(f"text teacher epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}")
-    model.eval().requires_grad_(False)
-    info = {"epochs": epochs, "steps": epochs * steps_per_epoch, "batch_size": batch, "loss_per_epoch": losses,
-            "seconds": time.perf_counter() - start, "parameters": count_parameters(model),
-            "feature_dim": TEACHER_WIDTH, "vocab_size": tokenizer.vocab_size}
+
+    def loss_fn(rows: torch.Tensor) -> torch.Tensor:
+        a, b = _pair_captions([train.captions[r] for r in rows.tolist()], gen)
+        ids, mask = (torch.from_numpy(x).to(device) for x in tokenizer.encode(a + b))
+        z = model(ids, mask)
+        return info_nce(z[:len(a)], z[len(a):], TEXT_TEMPERATURE)
+
+    fit = _fit(model, len(train), TEXT_BATCH, epochs, gen, loss_fn, "text teacher", log)
+    info = {"epochs": epochs, **fit, "parameters": count_parameters(model), "feature_dim": TEACHER_WIDTH,
+            "vocab_size": tokenizer.vocab_size}
     return model, tokenizer, info
 
 
