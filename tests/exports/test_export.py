@@ -84,3 +84,25 @@ def test_a_failed_export_leaves_the_previous_bundle_intact(bundle, student_and_t
 def test_bad_export_options_are_named(tmp_path, student_and_tokenizer, kwargs, match):
     with pytest.raises(ValueError, match=match):
         export_student(*student_and_tokenizer, tmp_path / "b", **kwargs)
+
+
+def test_export_and_search_serves_a_run_folder(tmp_path, student_and_tokenizer, world):
+    from exports.export import export_and_search
+    from exports.runtime import Retriever
+    from rebalance_torch import checkpoint as ckpt
+    from rebalance_torch.config import TrainConfig
+
+    student, tokenizer = student_and_tokenizer
+    config = TrainConfig(max_len=MAX_LEN)
+    state = {"format": ckpt.FORMAT_VERSION, "config": config.to_dict(), "model_config": student.config.to_dict(),
+             "student": student.state_dict()}
+    ckpt.save_checkpoint(state, ckpt.checkpoint_path(tmp_path, 2, "best"))
+    tokenizer.save(tmp_path / "tokenizer.json")
+    bundle, query, hits = export_and_search(tmp_path, tmp_path / "bundle", world, k=3, modality="image")
+    assert query == world.captions[0][0]
+    assert [h.kind for h in hits] == ["image"] * 3
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["source"]["checkpoint"] == "stage2-best.pt" and manifest["k_test"] == config.k_test
+    assert manifest["gallery"] == {"folder": "gallery", "n_images": len(world), "n_captions": 5 * len(world),
+                                   "pixels": True}
+    assert Retriever.load(bundle).gallery.n_images == len(world)
