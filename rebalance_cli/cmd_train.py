@@ -40,7 +40,8 @@ _FIELDS = {"preset": "preset", "data": "data_dir", "n_train": "n_train", "n_val"
            "stage2_steps": "stage2_steps", "batch_size": "batch_size", "lr": "lr", "warmup": "warmup",
            "distance": "distance", "tau2": "tau2", "lam": "lam", "student_relation": "student_relation",
            "image_teacher": "image_teacher", "teacher_dir": "teacher_dir", "teacher_epochs": "teacher_epochs",
-           "eval_every": "eval_every", "k_test": "k_test", "augment": "augment", "device": "device"}
+           "eval_every": "eval_every", "k_test": "k_test", "augment": "augment", "device": "device",
+           "itm_negatives": "itm_negatives"}
 
 
 @click.command("train")
@@ -80,17 +81,26 @@ _FIELDS = {"preset": "preset", "data": "data_dir", "n_train": "n_train", "n_val"
 @click.option("--init", type=click.Path(dir_okay=False, exists=True),
               help="Start stage 2 from this stage-1 checkpoint (e.g. another run's checkpoints/stage1-best.pt).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoints, exactly.")
+@click.option("--itm-negatives", type=click.Choice(["local", "global"]),
+              help="Under torchrun: ITM hard negatives from each process's rows (official) or the gathered batch.")
+@click.option("--backend", type=click.Choice(["auto", "gloo", "nccl"]), default="auto", show_default=True,
+              help="Under torchrun: the process group's backend (auto: nccl on cuda, gloo on cpu).")
 @click.option("--seed", type=int, default=None, help="Random seed of data, model and batches (default: the "
               "config's, 0).")
 @_DEVICE
 @threads_option
 @json_option
-def train_command(out, config_file, weights, tau_clamp, stages, init, resume, seed, threads, as_json, **options):
-    """Train a student: stage 1 (ITC + 2·ITM), then stage 2 (the full objective, or --weights)."""
+def train_command(out, config_file, weights, tau_clamp, stages, init, resume, backend, seed, threads, as_json,
+                  **options):
+    """Train a student: stage 1 (ITC + 2·ITM), then stage 2 (the full objective, or --weights).
+
+    Under torchrun (`torchrun --nproc_per_node=N -m rebalance_torch.train ...`) every process trains on its
+    share of each global batch of --batch-size rows; see docs/distributed.md."""
     set_threads(threads)
     import torch
 
     from rebalance_torch.config import TrainConfig, parse_weights
+    from rebalance_torch.distributed import from_environment
     from rebalance_torch.train import train
 
     torch.set_num_threads(threads)
@@ -114,10 +124,16 @@ def train_command(out, config_file, weights, tau_clamp, stages, init, resume, se
         stage_list = tuple(int(s) for s in stages.split(",") if s.strip())
         if not stage_list or any(s not in (1, 2) for s in stage_list):
             raise click.BadParameter(f"expected 1, 2 or 1,2; got {stages!r}", param_hint="--stages")
-        summary = train(config, out, init=init, stages=stage_list, resume=resume, progress=not as_json,
-                        log=_echo_err)
+        ctx = from_environment(device=config.device, backend=backend)
+        try:
+            summary = train(config, out, init=init, stages=stage_list, resume=resume, progress=not as_json,
+                            log=_echo_err, dist_ctx=ctx)
+        finally:
+            ctx.close()
     except ValueError as err:
         raise _fail(err) from None
+    if not ctx.is_main:  # process 0 reports for all
+        return
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     elif "test" in summary:
@@ -204,20 +220,33 @@ def demo_command(fast, out, seed, device, threads, as_json):
 @click.option("--fast", is_flag=True, help="The demo's --fast sizes (a quick look, not a result).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
               help="Base config.json (default: the demo's config).")
+@click.option("--conditions", default=None,
+              help="Comma-separated subset of: baseline, +IIC,TTC (write +IIC/TTC), +KD, full, projected. "
+                   "Default: all five.")
 @json_option
-def ablate_command(preset, seeds, jobs, out, fast, config_file, as_json):
+def ablate_command(preset, seeds, jobs, out, fast, config_file, conditions, as_json):
     """Baseline / +IIC,TTC / +KD / full / full with KD on [v,t]: paired differences vs baseline over seeds."""
     set_threads(1)
     import torch
 
-    from rebalance_torch.ablate import run_ablation
+    from rebalance_torch.ablate import CONDITIONS, run_ablation
     from rebalance_torch.config import TrainConfig
     from rebalance_torch.demo import demo_config
 
     torch.set_num_threads(1)
+    aliases = {"baseline": "baseline", "+iic/ttc": "+IIC,TTC", "+kd": "+KD", "full": "full",
+               "projected": "full, KD on [v,t]"}
+    chosen = None
+    if conditions is not None:
+        names = [c.strip().lower() for c in conditions.split(",") if c.strip()]
+        unknown = [c for c in names if c not in aliases]
+        if unknown or "baseline" not in names:
+            raise click.BadParameter(f"expected a comma-separated subset of {', '.join(aliases)} including "
+                                     f"baseline; got {conditions!r}", param_hint="--conditions")
+        chosen = {aliases[c]: CONDITIONS[aliases[c]] for c in names}
     try:
         base = TrainConfig.load(config_file) if config_file else demo_config(fast=fast)
-        record = run_ablation(preset, seeds=seeds, jobs=jobs, out=out, base=base,
+        record = run_ablation(preset, seeds=seeds, jobs=jobs, out=out, base=base, conditions=chosen,
                               log=_echo_err if as_json else click.echo)
     except ValueError as err:
         raise _fail(err) from None
