@@ -13,6 +13,7 @@ Folder (`--out`): `seed{S}/` (stage 1, teachers) with `seed{S}/{condition}/` run
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -34,7 +35,8 @@ TABLE_KEYS = (("cos_r_mean", "R-mean cos"), ("itm_r_mean", "R-mean ITM"), ("attr
 
 
 def _folder(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
+    """A condition's sub-folder: "full, KD on [v,t]" -> "full_kd_on_v_t"."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
 def _stage1_task(config_dict: dict, seed_dir: str) -> dict:

@@ -70,15 +70,17 @@ def test_demo_refuses_a_folder_that_holds_a_run(trained):
     assert result.exit_code == 1 and "already holds a run" in result.output
 
 
-def test_ablate_runs_every_condition_and_prints_the_paired_table(trained):
+def test_ablate_runs_the_chosen_conditions_and_prints_the_paired_table(trained):
     folder, _, _ = trained
     out = folder / "ablate"
     result = CliRunner().invoke(cli, ["ablate", "--preset", "image-poor", "--seeds", "1", "--jobs", "1", "--config",
-                                      str(folder / "tiny.json"), "--out", str(out), "--json"],
-                                catch_exceptions=False)
+                                      str(folder / "tiny.json"), "--out", str(out), "--conditions",
+                                      "baseline,projected", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     table = json.loads(result.stdout)
-    assert set(table["diff"]) == {"+IIC,TTC", "+KD", "full", "full, KD on [v,t]"}
+    assert set(table["diff"]) == {"full, KD on [v,t]"}
+    assert json.loads((out / "seed0" / "full_kd_on_v_t" / "config.json").read_text())["student_relation"] == \
+        "projected"
     assert json.loads((out / "ablation.json").read_text())["preset"] == "image-poor"
 
 
@@ -92,3 +94,10 @@ def test_bench_train_reports_the_ratio_side_by_side(tmp_path):
     missing = CliRunner().invoke(cli, ["bench", "train", "--repeats", "1", "--demo-run", str(tmp_path)],
                                  catch_exceptions=False)
     assert missing.exit_code == 2 and "not a demo run folder" in missing.output
+
+
+def test_ablate_refuses_unknown_conditions(trained):
+    folder, _, _ = trained
+    result = CliRunner().invoke(cli, ["ablate", "--preset", "balanced", "--conditions", "full,magic"],
+                                catch_exceptions=False)
+    assert result.exit_code == 2 and "including baseline" in result.output
