@@ -23,8 +23,8 @@ from rebalance_torch.config import BASELINE_WEIGHTS, TrainConfig
 # The default demo: ≤ 180 s on an idle 2-core CPU (seed 0 of the text-poor ablation's baseline and full conditions).
 # `fast`: ≤ 45 s, for CI and the tutorials (a smaller world, fewer steps; a look at the pipeline, not a result).
 DEMO: dict = {}  # TrainConfig's defaults are the demo: text-poor, 1000/200/500 images, 500 + 250 steps at batch 64
-FAST = dict(preset="text-poor", n_train=300, n_val=100, n_test=100, stage1_steps=120, stage2_steps=60,
-            batch_size=32, eval_every=60, k_test=8, teacher_epochs=3)
+FAST = dict(preset="text-poor", n_train=300, n_val=100, n_test=100, stage1_steps=100, stage2_steps=50,
+            batch_size=32, eval_every=50, k_test=8, teacher_epochs=3)
 DIFF_KEYS = ("cos_r_mean", "itm_r_mean", "rouge_i2i@10", "rouge_t2t@10", "rouge_i2it@10", "rouge_t2it@10",
              "attr_i2i@10", "attr_t2t@10", "attr_i2it@10", "attr_t2it@10", "modality_gap")
 
