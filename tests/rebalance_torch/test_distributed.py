@@ -1,0 +1,325 @@
+"""Training on several processes: two `gloo` processes, each with half of a batch, against one process on the
+whole batch (losses and DDP-averaged gradients, float64), and a short two-process torchrun run against the
+one-process run with the same global batch."""
+
+import functools
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from rebalance_ref.shapes import make_splits
+from rebalance_ref.tolerances import PARITY32_ATOL, PARITY32_RTOL, PARITY64_ATOL, PARITY64_RTOL
+from rebalance_torch import checkpoint as ckpt
+from rebalance_torch.config import OFFICIAL_WEIGHTS, TrainConfig
+from rebalance_torch.distributed import DistContext, choose_backend, from_environment
+from rebalance_torch.evaluate import encode_split
+from rebalance_torch.models import ModelConfig, Student
+from rebalance_torch.train import Objective, compute_losses, read_metrics, train
+
+WORLD = 2
+TIMEOUT_S = 240  # a spawned group that takes longer is killed and the test fails
+SMALL_MODEL = {"vision_width": 16, "text_width": 16, "embed_dim": 8, "heads": 2, "vision_depth": 1,
+               "text_depth": 1}
+
+# --- the global batch of the equivalence test -----------------------------------------------------------------
+# 8 rows, 4 per process; images 0 and 2 have captions in both halves (soft labels across processes); the halves'
+# longest captions differ (5 vs 8 tokens), so each process pads its tokens to its own length, as the collate does.
+IDX = [0, 0, 1, 2, 2, 3, 0, 4]
+LENGTHS = [3, 5, 4, 3, 7, 6, 8, 5]
+VOCAB, IMAGE_SIZE, MAX_LEN, IMAGE_DIM, TEXT_DIM = 20, 16, 10, 12, 10
+GLOBAL_ITM_SEED = 7          # one ITM stream for every process (itm_negatives="global")
+LOCAL_ITM_SEED = 100         # + rank: each process's own ITM stream (itm_negatives="local")
+NO_ITM = {k: v for k, v in OFFICIAL_WEIGHTS.items() if k != "itm"}
+
+# The comparisons: name -> stage-2 config. ITM is the one term that is not a function of the global batch: with
+# local negatives (official) each process scores its own pairs against negatives from its own rows, so the
+# two-process objective is G(global batch) + 2 * mean over processes of ITM(local rows); the test checks exactly
+# that. With global negatives every process draws the same negatives over the gathered batch, and the two-process
+# objective is the one-process objective itself.
+CASES = {
+    "full objective, ITM negatives from the gathered batch": TrainConfig(itm_negatives="global"),
+    "full objective, ITM negatives from each process's rows (official)": TrainConfig(itm_negatives="local"),
+    "wasserstein on [v, t], row weights from the gathered t, no ITM": TrainConfig(
+        weights=NO_ITM, distance="wasserstein", student_relation="projected"),
+}
+
+
+def _models(config: TrainConfig):
+    """The same float64 student and stage-2 objective in every process (fixed seeds)."""
+    model = ModelConfig.preset("tiny", vocab_size=VOCAB, image_size=IMAGE_SIZE, max_len=MAX_LEN, **SMALL_MODEL)
+    student = Student(model, seed=3).double()
+    width = model.text_width if config.student_relation == "fused" else 2 * model.embed_dim
+    objective = Objective(config, model.embed_dim, width, IMAGE_DIM, TEXT_DIM).double()
+    return student, objective
+
+
+def _batch(rows=slice(None)):
+    """(images, ids, mask, idx, image teacher, text teacher) of `rows` of the global batch, tokens padded to the
+    longest caption among those rows."""
+    gen = torch.Generator().manual_seed(11)
+    idx = torch.tensor(IDX)
+    images = torch.rand(max(IDX) + 1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen, dtype=torch.float64)[idx]
+    ids = torch.randint(3, VOCAB, (len(IDX), MAX_LEN), generator=gen)
+    mask = (torch.arange(MAX_LEN)[None, :] < torch.tensor(LENGTHS)[:, None]).long()
+    ids = ids * mask
+    ids[:, 0] = 1  # [CLS]
+    a = torch.randn(len(IDX), IMAGE_DIM, generator=gen, dtype=torch.float64)
+    b = torch.randn(len(IDX), TEXT_DIM, generator=gen, dtype=torch.float64)
+    images, ids, mask, idx, a, b = (x[rows] for x in (images, ids, mask, idx, a, b))
+    longest = int(mask.sum(1).max())
+    return images, ids[:, :longest], mask[:, :longest], idx, a, b
+
+
+def _grads(student, objective) -> dict[str, torch.Tensor | None]:
+    named = [("student." + n, p) for n, p in student.named_parameters()]
+    named += [("objective." + n, p) for n, p in objective.named_parameters()]
+    return {n: None if p.grad is None else p.grad.detach().clone() for n, p in named}
+
+
+def _itm_seed(config: TrainConfig, rank: int) -> int:
+    return GLOBAL_ITM_SEED if config.itm_negatives == "global" else LOCAL_ITM_SEED + rank
+
+
+def _equivalence_worker(rank: int, out_dir: str, port: int) -> None:
+    """One of two processes: its half of the global batch, through DDP, for every case."""
+    torch.set_num_threads(1)
+    env = {"RANK": str(rank), "WORLD_SIZE": str(WORLD), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port)}
+    ctx = from_environment("cpu", "gloo", environ=env, timeout_s=TIMEOUT_S)
+    try:
+        results = {}
+        for name, config in CASES.items():
+            student, objective = _models(config)
+            step = ctx.data_parallel([student, objective], functools.partial(
+                compute_losses, student, objective, config, 2, dist_ctx=ctx))
+            generator = torch.Generator().manual_seed(_itm_seed(config, rank))
+            loss, terms = step(*_batch(ctx.rows(len(IDX))), itm_generator=generator)
+            loss.backward()
+            results[name] = {"terms": terms, "grads": _grads(student, objective)}
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        ctx.close()
+
+
+def _reference(config: TrainConfig):
+    """One process on the whole batch: (terms, gradients) of the objective two processes should compute."""
+    student, objective = _models(config)
+    if config.itm_negatives == "global" or not config.weight("itm", 2):
+        total, terms = compute_losses(student, objective, config, 2, *_batch(),
+                                      itm_generator=torch.Generator().manual_seed(_itm_seed(config, 0)))
+    else:  # G over the whole batch + the mean of each half's ITM with that half's negatives and stream
+        total, terms = compute_losses(student, objective, config.replace(weights=NO_ITM), 2, *_batch())
+        itm_only = config.replace(weights={"itm": config.weight("itm", 2)})
+        halves = [compute_losses(student, objective, itm_only, 2, *_batch(slice(4 * r, 4 * r + 4)),
+                                 itm_generator=torch.Generator().manual_seed(_itm_seed(config, r)))
+                  for r in range(WORLD)]
+        total = total + sum(h[0] for h in halves) / WORLD
+        terms["itm"] = sum(h[1]["itm"] for h in halves) / WORLD
+        terms["loss"] += sum(h[1]["loss"] for h in halves) / WORLD
+    total.backward()
+    return terms, _grads(student, objective)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(fn, *args) -> None:
+    """Run fn(rank, *args) in WORLD fresh processes; fail (and kill them) after TIMEOUT_S."""
+    context = mp.spawn(fn, args=args, nprocs=WORLD, join=False)
+    deadline = time.monotonic() + TIMEOUT_S
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the {WORLD} processes did not finish within {TIMEOUT_S} s")
+
+
+def _max_relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(((a - b).abs() / (b.abs() + PARITY64_ATOL / PARITY64_RTOL)).max())
+
+
+@pytest.fixture(scope="module")
+def two_process_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("equivalence")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    _spawn(_equivalence_worker, str(out), _free_port())
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_processes_on_halves_equal_one_process_on_the_batch(two_process_results, case):
+    config = CASES[case]
+    terms, grads = _reference(config)
+    for rank, results in enumerate(two_process_results):
+        got = results[case]
+        assert set(got["terms"]) == set(terms)
+        for key, value in terms.items():
+            np.testing.assert_allclose(got["terms"][key], value, rtol=PARITY64_RTOL, atol=PARITY64_ATOL,
+                                       err_msg=f"{case}: {key} on process {rank}")
+        # the same parameters receive gradients (weight-0 terms leave theirs None), with the same values
+        assert {n for n, g in got["grads"].items() if g is None} == {n for n, g in grads.items() if g is None}
+        for name, grad in grads.items():
+            if grad is not None:
+                torch.testing.assert_close(got["grads"][name], grad, rtol=PARITY64_RTOL, atol=PARITY64_ATOL,
+                                           msg=lambda m, n=name: f"{case}: gradient of {n}: {m}")
+    # the gathered batch really spans both processes: ITC over the halves alone differs
+    assert two_process_results[0][case]["terms"]["itc"] == two_process_results[1][case]["terms"]["itc"]
+    student, _ = _models(config)
+    alone = compute_losses(student, None, config, 1, *_batch(slice(0, 4)))[1]["itc"]
+    assert abs(alone - terms["itc"]) > 1e-3
+
+
+# --- a short run: two processes under torchrun vs one process ---------------------------------------------------
+
+# Test metrics that rank (R@K, NDCG) are step functions of the scores: on this barely trained student some
+# captions' cosines differ by ~6e-8 (one float32 ulp), the two runs' embeddings by ~1.2e-7, so a near-tie can
+# swap places. Such metrics may differ by one query's worth: 100 / (queries of the smallest query set; I2I and
+# T2T use one query per test image). Measured: up to 4.0 points (attr_t2t@20) with identical cross-modal recall.
+RANKING_METRICS = ("cos_", "itm_", "rouge_", "attr_")
+RUN = TrainConfig(n_train=16, n_val=8, n_test=8, stage1_steps=4, stage2_steps=4, batch_size=8, eval_every=2,
+                  k_test=4, model_overrides=SMALL_MODEL, lr=3e-3, itm_negatives="global")
+RANKING_TOL = 100 / RUN.n_test
+
+
+@pytest.fixture(scope="module")
+def run_config(tmp_path_factory):
+    """RUN with random teacher features on disk (no teacher training), as a config file."""
+    folder = tmp_path_factory.mktemp("teachers")
+    rng = np.random.default_rng(0)
+    train_split = make_splits(RUN.preset, RUN.n_train, RUN.n_val, RUN.n_test, seed=RUN.seed,
+                              size=RUN.image_size)["train"]
+    captions = len(train_split.pairs()[0])
+    np.save(folder / "train_image.npy", rng.standard_normal((captions, 12)).astype(np.float32))
+    np.save(folder / "train_text.npy", rng.standard_normal((captions, 10)).astype(np.float32))
+    config = RUN.replace(teacher_dir=str(folder))
+    config.save(folder / "config.json")
+    return config, folder / "config.json"
+
+
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
+               "-m", "rebalance_torch.train", *args]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _rows(run_dir: Path) -> dict[tuple, dict]:
+    """metrics.jsonl by (stage, step, kind); a row logged twice fails."""
+    rows = {}
+    for row in read_metrics(run_dir):
+        key = (row["stage"], row["step"], "val" if "val" in row else "train")
+        assert key not in rows, key
+        rows[key] = row["val"] if "val" in row else row
+    return rows
+
+
+@pytest.mark.slow
+def test_a_two_process_run_resumed_from_one_process_matches_one_process(run_config, tmp_path):
+    config, config_file = run_config
+    def quiet(_message):
+        pass
+
+    whole = train(config, tmp_path / "one", progress=False, log=quiet)
+    # a one-process run stopped after 2 steps of stage 1, then finished by two processes (resume on another
+    # world size; the data order depends on the global batch and the step only)
+    train(config, tmp_path / "two", progress=False, log=quiet, stop_after=2)
+    done = _torchrun("--out", str(tmp_path / "two"), "--resume", "--threads", "1", "--json")
+    summary = json.loads(done.stdout)  # process 0 alone prints
+    assert summary["stages"]["1"]["finished"] and summary["stages"]["2"]["finished"]
+    one, two = _rows(tmp_path / "one"), _rows(tmp_path / "two")  # every row logged once
+    assert set(two) == set(one) | {(1, 2, "train")}  # (the interrupted run logged its last step)
+    for where, row in one.items():
+        for key, value in row.items():
+            np.testing.assert_allclose(two[where][key], value, rtol=PARITY32_RTOL, atol=PARITY32_ATOL,
+                                       err_msg=f"{where}: {key}")
+    first = ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path / "one", 2, "last"))["student"]
+    second = ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path / "two", 2, "last"))["student"]
+    # Attention key biases are left out: softmax ignores a shift common to all keys, so their gradient is 0 up to
+    # rounding, and AdamW turns that rounding noise into lr-sized steps (measured 2.8e-5 apart, on values ~1e-5);
+    # they change no output, as the embeddings below show.
+    for name, value in first.items():
+        if not name.endswith(".k.bias"):
+            torch.testing.assert_close(second[name], value, rtol=PARITY32_RTOL, atol=PARITY32_ATOL,
+                                       msg=lambda m, n=name: f"{n}: {m}")
+    # the test split's embeddings of both best students (everything the metrics are computed from)
+    students = [ckpt.load_student(tmp_path / name, "best")[0] for name in ("one", "two")]
+    split = make_splits(RUN.preset, RUN.n_train, RUN.n_val, RUN.n_test, seed=RUN.seed, size=RUN.image_size)["test"]
+    tokenizer = ckpt.load_student(tmp_path / "one", "best")[2]
+    one_emb, two_emb = (encode_split(s, split, tokenizer, keep_tokens=False) for s in students)
+    np.testing.assert_allclose(two_emb.v, one_emb.v, rtol=PARITY32_RTOL, atol=PARITY32_ATOL)
+    np.testing.assert_allclose(two_emb.t, one_emb.t, rtol=PARITY32_RTOL, atol=PARITY32_ATOL)
+    for key, value in whole["test"].items():
+        tolerance = RANKING_TOL if key.startswith(RANKING_METRICS) else PARITY32_ATOL
+        assert abs(summary["test"][key] - value) <= tolerance + PARITY32_RTOL * abs(value), key
+    assert not list((tmp_path / "two").glob("checkpoints/.*tmp*"))
+
+
+# --- one process: nothing changes, and bad launches are refused --------------------------------------------------
+
+def test_one_process_creates_no_group_and_changes_nothing():
+    ctx = from_environment("cpu", "auto", environ={})
+    assert (ctx.rank, ctx.world_size, ctx.is_main, ctx.active, ctx.seed_parts) == (0, 1, True, False, ())
+    assert not dist.is_initialized()
+    x = torch.randn(4, 3, requires_grad=True)
+    assert ctx.gather(x) is x and ctx.shard(x) is x
+    assert ctx.mean({"loss": 1.5}) == {"loss": 1.5}
+    step = functools.partial(compute_losses)
+    assert ctx.data_parallel([torch.nn.Linear(2, 2)], step) is step
+    ctx.barrier()
+    ctx.close()
+    single = from_environment("cpu", "gloo", environ={"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"})
+    assert not single.active and not dist.is_initialized()
+
+
+def test_shards_split_the_global_batch_in_rank_order():
+    shards = [DistContext(rank=r, world_size=4).rows(8) for r in range(4)]
+    assert [list(range(8))[s] for s in shards] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert DistContext(rank=1, world_size=2).shard(torch.arange(6)).tolist() == [3, 4, 5]
+    assert DistContext(rank=1, world_size=2).seed_parts == (1, 2)
+    with pytest.raises(ValueError, match="batch_size must be a multiple of the number of processes"):
+        DistContext(rank=0, world_size=3).rows(8)
+
+
+def test_an_uneven_global_batch_is_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match="batch_size"):
+        train(RUN, tmp_path, dist_ctx=DistContext(rank=0, world_size=3), progress=False, log=lambda m: None)
+    assert not (tmp_path / "config.json").exists()
+
+
+@pytest.mark.parametrize("environ, backend, device, match", [
+    ({"WORLD_SIZE": "two"}, "auto", "cpu", "WORLD_SIZE must be an integer"),
+    ({"WORLD_SIZE": "2", "RANK": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "x", "MASTER_PORT": "1"}, "auto", "cpu",
+     "RANK must be < WORLD_SIZE"),
+    ({"WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "auto", "cpu", "RANK: not set"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}, "auto", "cpu", "MASTER_ADDR: not set"),
+    ({"WORLD_SIZE": "-1"}, "auto", "cpu", "WORLD_SIZE must be >= 0"),
+    ({}, "mpi", "cpu", "backend must be one of"),
+    ({}, "nccl", "cpu", "nccl needs device cuda"),
+])
+def test_bad_launches_are_refused_with_the_variable_named(environ, backend, device, match):
+    with pytest.raises(ValueError, match=match):
+        from_environment(device, backend, environ=environ)
+    assert not dist.is_initialized()
+
+
+def test_backend_follows_the_device():
+    assert choose_backend("auto", "cpu") == "gloo"
+    assert choose_backend("auto", "cuda") == "nccl"
+    assert choose_backend("gloo", "cuda") == "gloo"
