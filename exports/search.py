@@ -103,6 +103,10 @@ class ExactIndex:
         if k == 0 or q == 0:
             return np.zeros((q, k), np.float32), np.zeros((q, k), np.int64)
         queries = np.ascontiguousarray(queries)
+        if q == 1 and n <= _FIRST_BLOCK_SCORES:
+            found = _one_query_topk(queries[0] @ self.columns[:, start:stop], k, start)
+            if found is not None:
+                return found
         b = block_rows(q, n, k, self.block_bytes)
         buffer = np.empty((q, b), np.float32)
         top = _RunningTopK(q, k)
@@ -117,6 +121,18 @@ class ExactIndex:
             top.update(scores, lo)
             lo, width = hi, min(2 * width, b)
         return top.result()
+
+
+def _one_query_topk(scores: np.ndarray, k: int, offset: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Top k of one query's (n,) scores in a few NumPy calls (a small gallery's latency is these calls), or None
+    when the k-th score is tied beyond the top k, which the general path resolves by index."""
+    n = scores.size
+    top = np.argpartition(scores, n - k)[n - k:] if n > k else np.arange(n)
+    values = scores[top]
+    if n > k and np.count_nonzero(scores >= values.min()) != k:
+        return None
+    order = np.lexsort((top, -values))  # score descending, then index ascending
+    return values[order][None], (top[order] + offset)[None].astype(np.int64)
 
 
 def exact_topk(queries: np.ndarray, gallery: np.ndarray, k: int, *, block_bytes: int = DEFAULT_BLOCK_BYTES,

@@ -15,6 +15,8 @@ def _stable_topk(queries, gallery, k):
     (3, 1000, 16, 5, 4096),      # many blocks, crowded first block
     (7, 513, 8, 10, 256),        # blocks smaller than 16 k, a ragged last block
     (1, 50, 4, 50, 64),          # k == N
+    (1, 400, 4, 7, 1 << 20),     # one query, small gallery: the few-call path, tied k-th scores fall back
+    (1, 3000, 32, 5, 1 << 20),   # one query, hardly any ties: the few-call path answers
     (4, 2000, 8, 3, 1 << 20),    # one block
     (2, 300, 8, 7, 1 << 10),     # blocks of 128 rows
     (40, 3000, 8, 5, 48000),     # many queries, blocks of 300 rows: pending merges, hot-row subsets
