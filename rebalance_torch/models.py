@@ -300,7 +300,8 @@ def _init_weights(module: nn.Module) -> None:
 
 def _exporting() -> bool:
     """True while torch.jit tracing, ONNX export or torch.compile/export is capturing a graph."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+    compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or bool(compiling and compiling())
 
 
 class Student(nn.Module):
