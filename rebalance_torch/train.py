@@ -689,8 +689,6 @@ def train(config: TrainConfig, run_dir: str | Path, *, prepared: Prepared | None
         summary["stages"][stage] = result
         if not result["finished"]:
             return summary
-        if stage == 1 and 2 in stages:
-            pass  # stage 2 reloads stage 1's best checkpoint above
     if evaluate_test and ctx.is_main:
         tic = time.perf_counter()
         best_student, _, _ = ckpt.load_student(run_dir, "best", map_location=config.device)
@@ -711,7 +709,9 @@ def write_run_outputs(run_dir: Path, config: TrainConfig, prepared: Prepared, st
 
     rows = read_metrics(run_dir)
     written = plots.plot_traces(rows, run_dir / "plots" / "traces.png")
-    relations = relation_matrices(student, prepared, config)
+    learned = [r for r in rows if "lam" in r]
+    relations = relation_matrices(student, prepared, config, lam=learned[-1]["lam"] if learned else config.lam_init,
+                                  tau2=learned[-1]["tau2"] if learned else config.tau2_init)
     if relations:
         plots.plot_relations(relations, run_dir / "plots" / "relations.png")
     check = json.loads((run_dir / "teacher_check.json").read_text()) if (run_dir / "teacher_check.json").is_file() \
@@ -730,9 +730,10 @@ def write_run_outputs(run_dir: Path, config: TrainConfig, prepared: Prepared, st
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")
 
 
-def relation_matrices(student: Student, prepared: Prepared, config: TrainConfig, n: int = 32) -> dict:
-    """Relation matrices (cosine / τ2 as in training, τ2 = its init) on `n` training images (one caption each):
-    image teacher S_I, text teacher S_T, the blend at λ = lam_init, and the student's S_F."""
+def relation_matrices(student: Student, prepared: Prepared, config: TrainConfig, lam: float, tau2: float,
+                      n: int = 32) -> dict:
+    """Relation matrices (cosine / τ2, as in training) on `n` training images (one caption each): image teacher
+    S_I, text teacher S_T, their blend at `lam`, and the student's S_F."""
     from rebalance_torch.relations import cosine_relation, fuse_teachers
 
     feats = prepared.teachers
@@ -740,7 +741,7 @@ def relation_matrices(student: Student, prepared: Prepared, config: TrainConfig,
         return {}
     idx = prepared.dataset.image_idx
     rows = torch.nonzero(torch.cat([torch.tensor([True]), idx[1:] != idx[:-1]])).squeeze(1)[:n]  # first captions
-    tau2 = torch.tensor(config.tau2_init)
+    tau2 = torch.tensor(float(tau2))
     images, ids, mask, _, _ = Collate()([prepared.dataset[int(r)] for r in rows])
     device = config.device
     with torch.no_grad():
@@ -753,10 +754,10 @@ def relation_matrices(student: Student, prepared: Prepared, config: TrainConfig,
             rel = torch.cat([student.project_image(h_v), student.project_text(h_t)], dim=1)
         s_i = cosine_relation(torch.from_numpy(feats.train_image[rows.numpy()]), tau2)
         s_t = cosine_relation(torch.from_numpy(feats.train_text[rows.numpy()]), tau2)
-        blend = fuse_teachers(s_t, s_i, torch.tensor(config.lam_init))
+        blend = fuse_teachers(s_t, s_i, torch.tensor(float(lam)))
         s_f = cosine_relation(rel.float().cpu(), tau2)
-    return {"image teacher S_I": s_i.numpy(), "text teacher S_T": s_t.numpy(), "blend E": blend.numpy(),
-            f"student S_F ({config.student_relation})": s_f.numpy()}
+    return {"image teacher S_I": s_i.numpy(), "text teacher S_T": s_t.numpy(),
+            f"blend E (λ = {lam:.2f})": blend.numpy(), f"student S_F ({config.student_relation})": s_f.numpy()}
 
 
 def main(argv: list[str] | None = None) -> None:
