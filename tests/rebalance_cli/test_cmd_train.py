@@ -37,7 +37,7 @@ def test_eval_reevaluates_the_best_checkpoint(trained):
     assert text.exit_code == 0 and "stage1-best, val" in text.output
 
 
-def test_resume_of_a_finished_run_and_python_m_entry(trained):
+def test_resume_of_a_finished_run_does_no_more_training(trained):
     _, run, _ = trained
     result = CliRunner().invoke(cli, ["train", "--out", str(run), "--resume", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output

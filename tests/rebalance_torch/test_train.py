@@ -163,3 +163,13 @@ def test_schedule_and_batch_order():
     assert sorted(epoch.tolist()) == list(range(40))
     assert torch.equal(batch_rows(3, 1, 7, 40, 8), batch_rows(3, 1, 7, 40, 8))
     assert not torch.equal(batch_rows(3, 1, 0, 40, 8), batch_rows(3, 1, 5, 40, 8))
+
+
+def test_python_m_entry_is_the_train_command(capsys):
+    from rebalance_torch.train import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "python -m rebalance_torch.train" in out and "--resume" in out
