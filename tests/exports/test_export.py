@@ -106,3 +106,18 @@ def test_export_and_search_serves_a_run_folder(tmp_path, student_and_tokenizer, 
     assert manifest["gallery"] == {"folder": "gallery", "n_images": len(world), "n_captions": 5 * len(world),
                                    "pixels": True}
     assert Retriever.load(bundle).gallery.n_images == len(world)
+
+
+def test_ranks_within_ties_accepts_near_ties_and_refuses_real_changes():
+    import numpy as np
+
+    from exports.verify import RANK_TIE, ranks_within_ties
+
+    txt2img = np.array([0, 0, 1, 1])
+    torch_sims = np.array([[0.9, 0.5, 0.9 + RANK_TIE / 4, 0.1], [0.2, 0.3, 0.8, 0.7]], np.float32)
+    flipped = torch_sims.copy()
+    flipped[0, 2] = 0.9 - RANK_TIE / 4  # the near-tie of image 0's caption 0 and caption 2 swaps
+    assert ranks_within_ties(flipped, torch_sims, txt2img)
+    moved = torch_sims.copy()
+    moved[0, 2] = 0.5  # a real change of score
+    assert not ranks_within_ties(moved, torch_sims, txt2img)
