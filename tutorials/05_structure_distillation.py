@@ -50,12 +50,12 @@ print(f"fast mode: {FAST}; figures and run folders in {OUT}")
 banner("1. data, teachers, stage 1")
 config = TrainConfig(
     preset="text-poor",
-    n_train=200 if FAST else 400,
-    n_val=30 if FAST else 80,
-    n_test=60 if FAST else 120,
+    n_train=150 if FAST else 300,
+    n_val=30 if FAST else 60,
+    n_test=50 if FAST else 100,
     teacher_epochs=1 if FAST else 3,
-    stage1_steps=30 if FAST else 100,
-    stage2_steps=20 if FAST else 60,
+    stage1_steps=25 if FAST else 80,
+    stage2_steps=15 if FAST else 50,
     batch_size=32,
     eval_every=1000 if FAST else 40,  # fast: evaluate only at the end of each stage
     seed=0,

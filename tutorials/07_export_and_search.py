@@ -50,9 +50,9 @@ print(f"fast mode: {FAST}; run, bundle and figures in {OUT}")
 
 # %%
 banner("1. train a student")
-config = TrainConfig(preset="balanced", n_train=300 if FAST else 600, n_val=40 if FAST else 100,
-                     n_test=60 if FAST else 100, stage1_steps=40 if FAST else 200, stage2_steps=0, batch_size=32,
-                     eval_every=1000 if FAST else 100, seed=0)
+config = TrainConfig(preset="balanced", n_train=200 if FAST else 500, n_val=40 if FAST else 100,
+                     n_test=60 if FAST else 100, stage1_steps=30 if FAST else 160, stage2_steps=0, batch_size=32,
+                     eval_every=1000 if FAST else 80, seed=0)
 summary = train(config, RUN, stages=(1,), progress=False, evaluate_test=False)
 print(f"stage 1: {summary['timings']['stage1']:.1f} s; best checkpoint in {RUN.name}/checkpoints/")
 
