@@ -82,9 +82,10 @@ print(f"embedding dim {manifest['model']['embed_dim']}, image size {manifest['mo
 # An export is only as good as its check. `verify_run_bundle` runs the torch student and the ONNX graphs on the
 # same inputs — at batch sizes and text lengths other than the ones used for export, since a graph traced at one
 # shape can silently break at another — and compares outputs within named tolerances; then it ranks the run's
-# test split both ways and compares the top-k lists (equal up to ties) and the recall. Outputs and rankings
-# must agree. Recall is a stricter test than it looks: when two captions score within rounding of each other
-# (identical captions do), float32 differences between the runtimes can swap them, and one R@1 hit with them.
+# test split both ways and compares the top-k lists (equal up to ties) and the recall. Recall is a stricter test
+# than it looks: when two captions score within rounding of each other (identical captions do), float32
+# differences between the runtimes can swap them, and one R@1 hit with them; so where the two recalls differ,
+# the verifier checks that every query's rank lies within the ranks torch's near-ties allow, and says so.
 
 # %%
 banner("3. verify")
@@ -92,14 +93,7 @@ from exports.verify import verify_run_bundle  # noqa: E402
 
 report = verify_run_bundle(BUNDLE, RUN)
 print(report.table())
-outputs_ok = all(check.ok for check in report.outputs)
-rankings_ok = all(r["equal_up_to_ties"] == r["queries"] for r in report.rankings.values())
-assert outputs_ok and rankings_ok, "the bundle disagrees with the torch student"
-if not report.ok:
-    # Identical captions (the shapes world repeats templates) give near-identical scores; float32 rounding in
-    # onnxruntime vs torch can swap two such items, which moves a rank by one — and R@1 with it.
-    print("note: outputs and rankings agree (up to ties), but the recall of the two sides differs where a near-tie "
-          "decides a rank; see the ranking lines above")
+assert report.ok, "the bundle disagrees with the torch student"
 
 # %% [markdown]
 # ## 4. Search, with NumPy and onnxruntime only
