@@ -5,17 +5,15 @@ one-process run with the same global batch."""
 import functools
 import json
 import os
-import socket
+import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from rebalance_ref.shapes import make_splits
 from rebalance_ref.tolerances import PARITY32_ATOL, PARITY32_RTOL, PARITY64_ATOL, PARITY64_RTOL
@@ -27,7 +25,7 @@ from rebalance_torch.models import ModelConfig, Student
 from rebalance_torch.train import Objective, compute_losses, read_metrics, train
 
 WORLD = 2
-TIMEOUT_S = 240  # a spawned group that takes longer is killed and the test fails
+TIMEOUT_S = 300  # a torchrun launch that takes longer is killed (launcher and workers) and the test fails
 SMALL_MODEL = {"vision_width": 16, "text_width": 16, "embed_dim": 8, "heads": 2, "vision_depth": 1,
                "text_depth": 1}
 
@@ -90,23 +88,31 @@ def _itm_seed(config: TrainConfig, rank: int) -> int:
     return GLOBAL_ITM_SEED if config.itm_negatives == "global" else LOCAL_ITM_SEED + rank
 
 
-def _equivalence_worker(rank: int, out_dir: str, port: int) -> None:
-    """One of two processes: its half of the global batch, through DDP, for every case."""
+def _equivalence(ctx) -> dict:
+    """This process's half of the global batch, through DDP, for every case: {case: {"terms", "grads"}}."""
+    results = {}
+    for name, config in CASES.items():
+        student, objective = _models(config)
+        step = ctx.data_parallel([student, objective], functools.partial(
+            compute_losses, student, objective, config, 2, dist_ctx=ctx))
+        generator = torch.Generator().manual_seed(_itm_seed(config, ctx.rank))
+        loss, terms = step(*_batch(ctx.rows(len(IDX))), itm_generator=generator)
+        loss.backward()
+        results[name] = {"terms": terms, "grads": _grads(student, objective)}
+    return results
+
+
+def _torchrun_main(out_dir: str, run_dir: str) -> None:
+    """What each of the two processes runs (`python -m torch.distributed.run --nproc_per_node=2 -m
+    tests.rebalance_torch.test_distributed OUT RUN`): the equivalence cases on its half of the batch, saved to
+    OUT/rank{r}.pt, then `python -m rebalance_torch.train --out RUN --resume` (one launch keeps the test short)."""
+    from rebalance_torch.train import main
+
     torch.set_num_threads(1)
-    env = {"RANK": str(rank), "WORLD_SIZE": str(WORLD), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(port)}
-    ctx = from_environment("cpu", "gloo", environ=env, timeout_s=TIMEOUT_S)
+    ctx = from_environment("cpu", "gloo", timeout_s=TIMEOUT_S)
     try:
-        results = {}
-        for name, config in CASES.items():
-            student, objective = _models(config)
-            step = ctx.data_parallel([student, objective], functools.partial(
-                compute_losses, student, objective, config, 2, dist_ctx=ctx))
-            generator = torch.Generator().manual_seed(_itm_seed(config, rank))
-            loss, terms = step(*_batch(ctx.rows(len(IDX))), itm_generator=generator)
-            loss.backward()
-            results[name] = {"terms": terms, "grads": _grads(student, objective)}
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        torch.save(_equivalence(ctx), Path(out_dir) / f"rank{ctx.rank}.pt")
+        main(["--out", run_dir, "--resume", "--threads", "1", "--json"])  # exits (SystemExit) when done
     finally:
         ctx.close()
 
@@ -130,57 +136,8 @@ def _reference(config: TrainConfig):
     return terms, _grads(student, objective)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(fn, *args) -> None:
-    """Run fn(rank, *args) in WORLD fresh processes; fail (and kill them) after TIMEOUT_S."""
-    context = mp.spawn(fn, args=args, nprocs=WORLD, join=False)
-    deadline = time.monotonic() + TIMEOUT_S
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"the {WORLD} processes did not finish within {TIMEOUT_S} s")
-
-
-def _max_relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(((a - b).abs() / (b.abs() + PARITY64_ATOL / PARITY64_RTOL)).max())
-
-
-@pytest.fixture(scope="module")
-def two_process_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("equivalence")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    _spawn(_equivalence_worker, str(out), _free_port())
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("case", list(CASES))
-def test_two_processes_on_halves_equal_one_process_on_the_batch(two_process_results, case):
-    config = CASES[case]
-    terms, grads = _reference(config)
-    for rank, results in enumerate(two_process_results):
-        got = results[case]
-        assert set(got["terms"]) == set(terms)
-        for key, value in terms.items():
-            np.testing.assert_allclose(got["terms"][key], value, rtol=PARITY64_RTOL, atol=PARITY64_ATOL,
-                                       err_msg=f"{case}: {key} on process {rank}")
-        # the same parameters receive gradients (weight-0 terms leave theirs None), with the same values
-        assert {n for n, g in got["grads"].items() if g is None} == {n for n, g in grads.items() if g is None}
-        for name, grad in grads.items():
-            if grad is not None:
-                torch.testing.assert_close(got["grads"][name], grad, rtol=PARITY64_RTOL, atol=PARITY64_ATOL,
-                                           msg=lambda m, n=name: f"{case}: gradient of {n}: {m}")
-    # the gathered batch really spans both processes: ITC over the halves alone differs
-    assert two_process_results[0][case]["terms"]["itc"] == two_process_results[1][case]["terms"]["itc"]
-    student, _ = _models(config)
-    alone = compute_losses(student, None, config, 1, *_batch(slice(0, 4)))[1]["itc"]
-    assert abs(alone - terms["itc"]) > 1e-3
+def _quiet(_message):
+    pass
 
 
 # --- a short run: two processes under torchrun vs one process ---------------------------------------------------
@@ -195,29 +152,63 @@ RUN = TrainConfig(n_train=16, n_val=8, n_test=8, stage1_steps=4, stage2_steps=4,
 RANKING_TOL = 100 / RUN.n_test
 
 
-@pytest.fixture(scope="module")
-def run_config(tmp_path_factory):
-    """RUN with random teacher features on disk (no teacher training), as a config file."""
-    folder = tmp_path_factory.mktemp("teachers")
+def _run_config(folder: Path) -> TrainConfig:
+    """RUN with random teacher features written to `folder` (no teacher training)."""
+    folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     train_split = make_splits(RUN.preset, RUN.n_train, RUN.n_val, RUN.n_test, seed=RUN.seed,
                               size=RUN.image_size)["train"]
     captions = len(train_split.pairs()[0])
     np.save(folder / "train_image.npy", rng.standard_normal((captions, 12)).astype(np.float32))
     np.save(folder / "train_text.npy", rng.standard_normal((captions, 10)).astype(np.float32))
-    config = RUN.replace(teacher_dir=str(folder))
-    config.save(folder / "config.json")
-    return config, folder / "config.json"
+    return RUN.replace(teacher_dir=str(folder))
 
 
-def _torchrun(*args: str) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """One torchrun launch of two gloo processes (see `_torchrun_main`), after one process has trained the first
+    2 steps of stage 1 of the run they finish."""
+    root = tmp_path_factory.mktemp("distributed")
+    config = _run_config(root / "teachers")
+    run_dir = root / "two"
+    train(config, run_dir, progress=False, log=_quiet, stop_after=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
-               "-m", "rebalance_torch.train", *args]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
-                          cwd=Path(__file__).resolve().parents[2])
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
+               "-m", "tests.rebalance_torch.test_distributed", str(root), str(run_dir)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).resolve().parents[2], start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the launcher and both workers
+        process.communicate()
+        pytest.fail(f"torchrun with {WORLD} processes did not finish within {TIMEOUT_S} s")
+    assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    return {"config": config, "run_dir": run_dir, "summary": json.loads(stdout),  # process 0 alone prints
+            "results": [torch.load(root / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_processes_on_halves_equal_one_process_on_the_batch(launched, case):
+    config = CASES[case]
+    terms, grads = _reference(config)
+    for rank, results in enumerate(launched["results"]):
+        got = results[case]
+        assert set(got["terms"]) == set(terms)
+        for key, value in terms.items():
+            np.testing.assert_allclose(got["terms"][key], value, rtol=PARITY64_RTOL, atol=PARITY64_ATOL,
+                                       err_msg=f"{case}: {key} on process {rank}")
+        # the same parameters receive gradients (weight-0 terms leave theirs None), with the same values
+        assert {n for n, g in got["grads"].items() if g is None} == {n for n, g in grads.items() if g is None}
+        for name, grad in grads.items():
+            if grad is not None:
+                torch.testing.assert_close(got["grads"][name], grad, rtol=PARITY64_RTOL, atol=PARITY64_ATOL,
+                                           msg=lambda m, n=name: f"{case}: gradient of {n}: {m}")
+    # the gathered batch really spans both processes: ITC over one half alone differs
+    student, _ = _models(config)
+    alone = compute_losses(student, None, config, 1, *_batch(slice(0, 4)))[1]["itc"]
+    assert abs(alone - terms["itc"]) > 1e-3
 
 
 def _rows(run_dir: Path) -> dict[tuple, dict]:
@@ -231,26 +222,18 @@ def _rows(run_dir: Path) -> dict[tuple, dict]:
 
 
 @pytest.mark.slow
-def test_a_two_process_run_resumed_from_one_process_matches_one_process(run_config, tmp_path):
-    config, config_file = run_config
-    def quiet(_message):
-        pass
-
-    whole = train(config, tmp_path / "one", progress=False, log=quiet)
-    # a one-process run stopped after 2 steps of stage 1, then finished by two processes (resume on another
-    # world size; the data order depends on the global batch and the step only)
-    train(config, tmp_path / "two", progress=False, log=quiet, stop_after=2)
-    done = _torchrun("--out", str(tmp_path / "two"), "--resume", "--threads", "1", "--json")
-    summary = json.loads(done.stdout)  # process 0 alone prints
+def test_a_two_process_run_resumed_from_one_process_matches_one_process(launched, tmp_path):
+    config, two_dir, summary = launched["config"], launched["run_dir"], launched["summary"]
+    whole = train(config, tmp_path / "one", progress=False, log=_quiet)
     assert summary["stages"]["1"]["finished"] and summary["stages"]["2"]["finished"]
-    one, two = _rows(tmp_path / "one"), _rows(tmp_path / "two")  # every row logged once
+    one, two = _rows(tmp_path / "one"), _rows(two_dir)  # every row logged once
     assert set(two) == set(one) | {(1, 2, "train")}  # (the interrupted run logged its last step)
     for where, row in one.items():
         for key, value in row.items():
             np.testing.assert_allclose(two[where][key], value, rtol=PARITY32_RTOL, atol=PARITY32_ATOL,
                                        err_msg=f"{where}: {key}")
     first = ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path / "one", 2, "last"))["student"]
-    second = ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path / "two", 2, "last"))["student"]
+    second = ckpt.load_checkpoint(ckpt.checkpoint_path(two_dir, 2, "last"))["student"]
     # Attention key biases are left out: softmax ignores a shift common to all keys, so their gradient is 0 up to
     # rounding, and AdamW turns that rounding noise into lr-sized steps (measured 2.8e-5 apart, on values ~1e-5);
     # they change no output, as the embeddings below show.
@@ -259,16 +242,17 @@ def test_a_two_process_run_resumed_from_one_process_matches_one_process(run_conf
             torch.testing.assert_close(second[name], value, rtol=PARITY32_RTOL, atol=PARITY32_ATOL,
                                        msg=lambda m, n=name: f"{n}: {m}")
     # the test split's embeddings of both best students (everything the metrics are computed from)
-    students = [ckpt.load_student(tmp_path / name, "best")[0] for name in ("one", "two")]
+    (one_student, _, tokenizer), (two_student, _, _) = (ckpt.load_student(d, "best") for d in (tmp_path / "one",
+                                                                                            two_dir))
     split = make_splits(RUN.preset, RUN.n_train, RUN.n_val, RUN.n_test, seed=RUN.seed, size=RUN.image_size)["test"]
-    tokenizer = ckpt.load_student(tmp_path / "one", "best")[2]
-    one_emb, two_emb = (encode_split(s, split, tokenizer, keep_tokens=False) for s in students)
+    one_emb, two_emb = (encode_split(s, split, tokenizer, keep_tokens=False) for s in (one_student, two_student))
     np.testing.assert_allclose(two_emb.v, one_emb.v, rtol=PARITY32_RTOL, atol=PARITY32_ATOL)
     np.testing.assert_allclose(two_emb.t, one_emb.t, rtol=PARITY32_RTOL, atol=PARITY32_ATOL)
     for key, value in whole["test"].items():
         tolerance = RANKING_TOL if key.startswith(RANKING_METRICS) else PARITY32_ATOL
         assert abs(summary["test"][key] - value) <= tolerance + PARITY32_RTOL * abs(value), key
-    assert not list((tmp_path / "two").glob("checkpoints/.*tmp*"))
+    assert json.loads((two_dir / "eval.json").read_text()) == summary["test"]
+    assert not list(two_dir.glob("checkpoints/.*tmp*"))
 
 
 # --- one process: nothing changes, and bad launches are refused --------------------------------------------------
@@ -323,3 +307,7 @@ def test_backend_follows_the_device():
     assert choose_backend("auto", "cpu") == "gloo"
     assert choose_backend("auto", "cuda") == "nccl"
     assert choose_backend("gloo", "cuda") == "gloo"
+
+
+if __name__ == "__main__":  # run by torchrun from the `launched` fixture
+    _torchrun_main(*sys.argv[1:])
