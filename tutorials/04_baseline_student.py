@@ -17,7 +17,7 @@
 #    do — to the structure inside each modality.
 #
 # The same run on the command line: `rebalance train --out RUN --preset text-poor --stage1-steps 200
-# --stage2-steps 0 ...` (see `rebalance train --help`).
+# --stage2-steps 0 ...` (see `rebalance train --help`); `docs/training.md` describes the trainer in full.
 
 # %%
 import json

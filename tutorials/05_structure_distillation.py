@@ -18,6 +18,7 @@
 # This tutorial runs that pair once, small, to show every moving part: the teacher check, the traces of λ and
 # τ2 (tutorial 02's two facts, now in training), the relation heatmaps, and the paired difference. One seed of a
 # small run decides nothing; section 5 says how the real comparison is made and where its results are.
+# `docs/training.md` documents the trainer and every stage-2 option used here.
 
 # %%
 import json
