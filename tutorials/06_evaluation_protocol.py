@@ -321,8 +321,9 @@ official_block = scores_t2i.T[:, ::5][q]  # (N,)
 intended_block = scores_t2i[rel.first[q]]  # (N,)
 print("official block, first 5 :", official_block[:5])
 print("intended block, first 5 :", intended_block[:5])
-print("official block == image q against every first caption:",
-      np.allclose(official_block, (v[q] @ t[rel.first].T)))
+same = np.allclose(official_block, v[q] @ t[rel.first].T)  # image q scored against every image's first caption
+print("official block == image q against every first caption (the query caption plays no part):", same)
+assert same and not np.allclose(official_block, intended_block)
 
 # %% [markdown]
 # **(e) The query left in its own mixed gallery.** Official I2IT / T2IT keep the query in the gallery with
