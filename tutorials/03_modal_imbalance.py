@@ -18,6 +18,8 @@
 #    only useful where its structure is better than what the student could get on its own.
 
 # %%
+import textwrap
+
 import numpy as np
 from _common import FAST, banner, out_dir, plt, save_figure
 
@@ -45,10 +47,15 @@ print("scene 0 attributes:", world.attributes[0])
 print("canonical:", world.canonical[0])
 print("captions:", *world.captions[0], sep="\n  ")
 
+def wrap(caption):
+    """A caption in at most three short lines, for a figure title."""
+    return "\n".join(textwrap.wrap(caption, 36, max_lines=3, placeholder=" …"))
+
+
 fig, axes = plt.subplots(2, 4, figsize=(10, 5.6))
 for i, ax in enumerate(axes.ravel()):
     ax.imshow(world.images[i], interpolation="nearest")
-    ax.set_title("\n".join(world.captions[i][0][k:k + 34] for k in range(0, 68, 34)), fontsize=6.5)
+    ax.set_title(wrap(world.captions[i][0]), fontsize=6.5)
     ax.axis("off")
 save_figure(fig, OUT, "scenes.png")
 
@@ -73,7 +80,7 @@ for r, (name, data) in enumerate(same.items()):
     for c in range(4):
         ax = axes[r, c]
         ax.imshow(data.images[c], interpolation="nearest")
-        ax.set_title(f"{name}\n" + "\n".join(data.captions[c][0][k:k + 34] for k in range(0, 68, 34)), fontsize=6.5)
+        ax.set_title(f"{name}\n" + wrap(data.captions[c][0]), fontsize=6.5)
         ax.axis("off")
 save_figure(fig, OUT, "presets.png")
 
