@@ -74,8 +74,8 @@ print("stage-1 checkpoint:", stage1_best.relative_to(OUT))
 #
 # The baseline gets `weights=BASELINE_WEIGHTS` (ITC + 2·ITM) and its own run folder; the full objective
 # continues in `RUN`. Before stage 2 the trainer runs the **teacher check**: on the validation split, is each
-# teacher's single-modal structure (NDCG@10) better than the stage-1 student's? Where it is not, distilling it can
-# only pull the student down (DESIGN §4) — read it before reading any result.
+# teacher's single-modal structure (NDCG@10) better than the stage-1 student's? Where it is not, distilling it
+# is not expected to help and may pull the student down (DESIGN §4) — read it before reading any result.
 
 # %%
 banner("2. stage 2: baseline and full")
@@ -92,8 +92,9 @@ for key, r in check.items():
 #
 # `metrics.jsonl` logs every term and parameter. Two things to look for, from tutorial 02:
 #
-# * **KDI and KDT** do not involve the student at all. They change only through λ and τ2; with `mae`,
-#   KDI + KDT is flat in λ on [0, 1], so λ moves only through KD.
+# * **KDI and KDT** do not involve the student at all: on a given batch they change only through λ and τ2 (from
+#   step to step they also change with the batch drawn). With `mae`, KDI + KDT is flat in λ on [0, 1], so λ
+#   moves only through KD.
 # * **τ2 is learnable and unclamped** (the official setting, `tau2="learnable"`): every structure term shrinks as
 #   τ2 grows, so τ2 tends to drift upward and anneal the distillation. `TrainConfig(tau2="fixed")` holds it.
 #
