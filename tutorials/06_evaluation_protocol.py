@@ -1,7 +1,7 @@
 # %% [markdown]
 # # Tutorial 06 — The evaluation protocol, and the official metric code's quirks
 #
-# **Run it:** `python tutorials/06_evaluation_protocol.py` (seconds; imports torch only for the re-ranking).
+# **Run it:** `python tutorials/06_evaluation_protocol.py` (about ten seconds on one thread).
 # Fast mode, `REBALANCE_FAST=1`, uses a test split of 60 images instead of 200. Figures go to
 # `tutorials/out/06_evaluation_protocol/` (or `$REBALANCE_TUTORIAL_OUT/06_evaluation_protocol/`).
 #
@@ -22,8 +22,8 @@ from _common import FAST, banner, out_dir, plt, save_figure
 
 from rebalance_ref.metrics import modality_gap, ndcg_at_k, retrieval_ranks, retrieval_recall, rouge_l
 from rebalance_ref.shapes import attribute_targets, make_world
-from rebalance_ref.tokenizer import Tokenizer
 from rebalance_torch.evaluate import mixed_ndcg, single_modal_ndcg, split_relevance
+from rebalance_torch.teachers import bag_of_words
 
 OUT = out_dir("06_evaluation_protocol")
 rng = np.random.default_rng(6)
@@ -53,24 +53,15 @@ def image_embedding(split, noise):
 
 
 train_txt2img, train_captions = train.pairs()
-tokenizer = Tokenizer.build(train_captions)
-
-
-def bag_of_words(texts):
-    ids, mask = tokenizer.encode(texts)
-    counts = np.zeros((len(texts), tokenizer.vocab_size))
-    np.add.at(counts, (np.repeat(np.arange(len(texts)), ids.shape[1]), ids.ravel()), mask.ravel())
-    return counts
-
-
-X = bag_of_words(train_captions)
+txt2img, captions = test.pairs()  # caption c belongs to image txt2img[c]; image-major order, 5 per image
+counts = bag_of_words(train_captions + captions)  # word counts over one vocabulary (no labels involved)
+X, X_test = counts[:len(train_captions)], counts[len(train_captions):]
 Y = image_embedding(train, noise=0.0)[train_txt2img]
 ridge = np.linalg.solve(X.T @ X + 1.0 * np.eye(X.shape[1]), X.T @ Y)  # (vocab, 32)
 
-txt2img, captions = test.pairs()  # caption c belongs to image txt2img[c]; image-major order, 5 per image
 v_clean = image_embedding(test, noise=0.0)
 v = image_embedding(test, noise=0.8)  # (N, 32)
-t = bag_of_words(captions) @ ridge  # (5N, 32)
+t = X_test @ ridge  # (5N, 32)
 v /= np.linalg.norm(v, axis=1, keepdims=True)
 t /= np.linalg.norm(t, axis=1, keepdims=True)
 print(f"v {v.shape}, t {t.shape}; image 0's captions:", *captions[:5], sep="\n  ")
