@@ -92,3 +92,32 @@ def test_search_refuses_a_tampered_bundle_with_a_clear_message(indexed, tmp_path
 def test_export_names_a_missing_run(tmp_path):
     result = _run("export", "--run", tmp_path / "nope", "--out", tmp_path / "b")
     assert result.exit_code == 1 and "does not exist" in result.output
+
+
+NO_TORCH_CLI = """
+import importlib.abc, sys
+
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+
+sys.meta_path.insert(0, NoTorch())
+from rebalance_cli.main import cli
+cli(sys.argv[1:])
+"""
+
+
+def test_the_search_command_runs_where_torch_cannot_be_imported(indexed):
+    """Every command module is imported by the CLI group: none may import torch at module level."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bundle, _, _ = indexed
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", NO_TORCH_CLI, "search", "--bundle", str(bundle), "--text",
+                          "a red circle", "--k", "2", "--json"], cwd=repo, capture_output=True, text=True,
+                         timeout=120, env={"PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads(out.stdout)["hits"]) == 2
