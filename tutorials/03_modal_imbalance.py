@@ -177,10 +177,11 @@ assert baselines["text-poor"]["attr_t2t@10"] < baselines["balanced"]["attr_t2t@1
 #
 # Their features (one row per training caption, the official `.npy` format) are what the student's IIC/TTC and
 # structure distillation use in stage 2. `train_teachers` trains both, freezes them, computes the features, and
-# reports their I2I / T2T NDCG against the trivial baselines on the test split. Under "text-poor" the image
-# teacher's structure should beat raw pixels (it knows positions and sizes the captions omit); whether the text
-# teacher beats bag-of-words depends on what the captions still say. **Read the verdicts**: a teacher that does
-# not beat the baseline has nothing useful to distil.
+# reports their I2I / T2T NDCG against the trivial baselines on the test split. With attribute relevance the
+# image teacher should beat raw pixels: it was trained to see shapes, colours, sizes and positions, which is
+# exactly what the student's text side lacks under "text-poor". Whether the text teacher beats bag-of-words
+# depends on what the captions still say. **Read the verdicts**: a teacher that does not beat the baseline has
+# nothing useful to distil.
 
 # %%
 banner("5. teachers on text-poor")
