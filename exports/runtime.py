@@ -211,11 +211,17 @@ class Retriever:
                        caption_sources=sources, pixels=pixels if keep_pixels and len(pixels) else None)
 
     def set_gallery(self, gallery: Gallery) -> None:
-        """Search this gallery from now on (its index is built here, once)."""
+        """Search this gallery from now on (its index is built here, once).
+
+        With the numpy backend, `gallery.embeddings` becomes a transposed view of the index's dimension-major
+        copy (same values), so the embeddings are held once in memory.
+        """
         if gallery.embeddings.shape[1] != self.embed_dim:
             raise ValueError(f"gallery has dim {gallery.embeddings.shape[1]}, the bundle's model has {self.embed_dim}")
         self.gallery = gallery
         self._index = ExactIndex(gallery.embeddings) if self.backend == "numpy" else None
+        if self._index is not None:
+            gallery.embeddings = self._index.columns.T  # (N, D) view of the (D, N) index
         self._faiss = {}
 
     def save_gallery(self) -> None:

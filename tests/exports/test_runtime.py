@@ -139,3 +139,13 @@ def test_bad_requests_are_named(exported):
         Retriever.load(exported, threads=0)
     with pytest.raises(ValueError, match="gallery has 3 embeddings but 1 images"):
         Gallery(np.zeros((3, 4), np.float32), ["a"], ["b"], [None])
+
+
+def test_the_gallery_is_held_once_in_memory(exported, world):
+    retriever = Retriever.load(exported)
+    gallery = index_split(retriever, world)
+    assert np.shares_memory(gallery.embeddings, retriever._index.columns)
+    query = world.captions[1][0]
+    hits = retriever.search_text(query, k=3)
+    best = np.sort(gallery.embeddings @ retriever.encode_texts([query])[0])[::-1][:3]
+    np.testing.assert_allclose([h.score for h in hits], best, atol=1e-6)
