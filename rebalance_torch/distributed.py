@@ -135,12 +135,14 @@ class DistContext:
     def data_parallel(self, modules: list[nn.Module | None], step: Callable) -> Callable:
         """`step` (a function computing the loss with `modules`' parameters) run through DistributedDataParallel
         over `modules`, so that their gradients are averaged over processes in backward. At world size 1 `step`
-        itself. Parameters a step does not use (weights set to 0) keep no gradient, as in one process."""
+        itself. The graph is static (every step of a stage uses the same terms, hence the same parameters), so DDP
+        learns the used parameters at the first step instead of searching the graph every step; parameters a
+        step does not use (weights set to 0) keep no gradient, as in one process."""
         if not self.active:
             return step
         joint = _Joint([m for m in modules if m is not None], step)
         device_ids = [self.local_rank] if self.device.startswith("cuda") else None
-        return nn.parallel.DistributedDataParallel(joint, device_ids=device_ids, find_unused_parameters=True)
+        return nn.parallel.DistributedDataParallel(joint, device_ids=device_ids, static_graph=True)
 
     def close(self) -> None:
         """Destroy the process group this context created (no-op otherwise)."""
