@@ -9,65 +9,26 @@
   lowered to 20) when faiss is importable.
 - peak memory: the process's peak resident set, and the extra memory one batched search allocates (tracemalloc).
 
-Samples of the compared calls alternate (round robin), so that a busy neighbour slows both sides alike; times are
-medians over the samples, and each ratio is the median of the ratios of samples taken next to each other. The
-clock is wall time by default; `clock="cpu"` counts this process's CPU time, which a neighbour's processes on a
-shared machine disturb much less (with one thread per process the two agree on an idle machine).
+Timing goes through `rebalance_ref.timing`: samples of the compared calls alternate, so that a busy neighbour
+slows both sides alike; times are medians over the samples, and each ratio is the median of the ratios of samples
+taken next to each other. The clock is wall time by default; `clock="cpu"` counts this process's CPU time, which
+a neighbour's processes on a shared machine disturb much less.
 """
 
 from __future__ import annotations
 
-import math
 import resource
 import tempfile
-import time
 import tracemalloc
 
 import numpy as np
 
 from exports.search import ExactIndex, FaissFlatIndex, faiss_available
 from exports.threads import set_blas_threads
+from rebalance_ref.timing import median, paired_ratio, side_by_side
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-_MIN_SAMPLE_S = 0.02
 _GOALS = {"encode_b1_ratio": 0.35, "search_b1_bandwidth_fraction": 0.85, "search_batch_matmul_ratio": 1.3,
           "faiss_speedup": 1.0}
-
-
-def sample_seconds(fn, clock=time.perf_counter) -> float:
-    """Seconds per call of `fn` in one sample: calls shorter than 20 ms are repeated inside the sample."""
-    start = clock()
-    fn()
-    first = clock() - start
-    if first >= _MIN_SAMPLE_S:
-        return first
-    inner = max(1, math.ceil(_MIN_SAMPLE_S / max(first, 1e-7)))
-    start = clock()
-    for _ in range(inner):
-        fn()
-    return (clock() - start) / inner
-
-
-def side_by_side(calls: dict, repeats: int, clock: str = "wall") -> dict[str, list[float]]:
-    """Samples (seconds per call) of each named call, taken in alternation after one warm-up call each."""
-    if clock not in CLOCKS:
-        raise ValueError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
-    for fn in calls.values():
-        fn()
-    samples: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, fn in calls.items():
-            samples[name].append(sample_seconds(fn, CLOCKS[clock]))
-    return samples
-
-
-def median(samples: list[float]) -> float:
-    return float(np.median(samples))
-
-
-def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
-    """Median over repeats of the ratio of two calls sampled next to each other (robust to a busy neighbour)."""
-    return float(np.median(np.asarray(numerator) / np.asarray(denominator)))
 
 
 def random_columns(n: int, dim: int, seed: int, chunk: int = 65536) -> np.ndarray:

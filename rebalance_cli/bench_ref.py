@@ -9,14 +9,13 @@
 (c) ROUGE-L relevance: `rouge_relevance` (bit-parallel, deduplicated) against a loop of plain `rouge_l` calls on
     the same subset, and the time of the full (5N x N) matrix.
 
-Every time is the median over repeats of one call; calls shorter than 50 ms are repeated inside a sample and
-averaged (timeit-style), after one warm-up call.
+Every time is the median over repeats, the two sides of each comparison sampled in alternation after one warm-up
+call each (`rebalance_ref.timing`); calls shorter than 20 ms are repeated inside a sample and averaged.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 
@@ -24,28 +23,18 @@ import click
 import numpy as np
 
 from rebalance_cli.options import json_option, seed_option, set_threads, threads_option
+from rebalance_ref.timing import median, side_by_side
 
-_MIN_SAMPLE_S = 0.05
 _KS = (10, 20, 50)
 _WORDS = ("a the red blue green yellow purple small big large tiny circle square triangle star cross left right "
           "top bottom middle above below next to of on in near with and two three one corner centre scene "
           "picture shows there is are").split()
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of one call of `fn` over `repeats` samples (short calls batched within a sample)."""
-    start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
-    samples, inner = [], max(1, math.ceil(_MIN_SAMPLE_S / max(first, 1e-9)))
-    if first >= _MIN_SAMPLE_S:  # a long call needs no warm-up of its own: count it
-        samples.append(first)
-    while len(samples) < repeats:
-        start = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        samples.append((time.perf_counter() - start) / inner)
-    return float(np.median(samples))
+def paired_medians(ours: Callable[[], object], baseline: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Median seconds per call of `ours` and of `baseline`, sampled side by side (rebalance_ref.timing)."""
+    samples = side_by_side({"ours": ours, "baseline": baseline}, repeats)
+    return median(samples["ours"]), median(samples["baseline"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -137,8 +126,8 @@ def bench_rouge(captions, image_captions, repeats: int, subset: tuple[int, int])
     caps, imgs = captions[:subset[0]], image_captions[:subset[1]]
     plain = np.array([[rouge_l(c, refs) for refs in imgs] for c in caps])
     diff = float(np.abs(rouge_relevance(caps, imgs) - plain).max())
-    ours = median_seconds(lambda: rouge_relevance(caps, imgs), repeats)
-    baseline = median_seconds(lambda: [[rouge_l(c, refs) for refs in imgs] for c in caps], repeats)
+    ours, baseline = paired_medians(lambda: rouge_relevance(caps, imgs),
+                                    lambda: [[rouge_l(c, refs) for refs in imgs] for c in caps], repeats)
     return relevance, {"full_shape": list(relevance.shape), "full_s": full_s,
                        "subset_shape": [len(caps), len(imgs)], **_ratio_row(ours, baseline), "max_abs_diff": diff}
 
@@ -162,14 +151,14 @@ def bench_metrics(v, t, txt2img, relevance, repeats: int) -> dict:
     ours = retrieval_recall(sim_i2t, txt2img, sim_t2i=sim_t2i)
     base = loop_recall(sim_i2t, sim_t2i, txt2img, img2txt)
     diffs += [abs(ours[k] - base[k]) / 100.0 for k in base]
-    rows["recall"] = _ratio_row(median_seconds(lambda: retrieval_recall(sim_i2t, txt2img, sim_t2i=sim_t2i), repeats),
-                                median_seconds(lambda: loop_recall(sim_i2t, sim_t2i, txt2img, img2txt), repeats))
+    rows["recall"] = _ratio_row(*paired_medians(lambda: retrieval_recall(sim_i2t, txt2img, sim_t2i=sim_t2i),
+                                                lambda: loop_recall(sim_i2t, sim_t2i, txt2img, img2txt), repeats))
     for name, (sims, rel, exclude) in (("ndcg_i2i", i2i), ("ndcg_t2t", t2t)):
         ours = ndcg_at_k(sims, rel, _KS, exclude=exclude)
         diffs += [abs(float(ours[k].mean()) - loop_ndcg(sims, rel, exclude, k)) for k in _KS]
-        rows[name] = _ratio_row(
-            median_seconds(lambda s=sims, r=rel, e=exclude: ndcg_at_k(s, r, _KS, exclude=e), repeats),
-            median_seconds(lambda s=sims, r=rel, e=exclude: [loop_ndcg(s, r, e, k) for k in _KS], repeats))
+        rows[name] = _ratio_row(*paired_medians(
+            lambda s=sims, r=rel, e=exclude: ndcg_at_k(s, r, _KS, exclude=e),
+            lambda s=sims, r=rel, e=exclude: [loop_ndcg(s, r, e, k) for k in _KS], repeats))
     total = {key: sum(row[key] for row in rows.values()) for key in ("ours_s", "baseline_s")}
     rows["total"] = _ratio_row(total["ours_s"], total["baseline_s"])
     return {"shape": {"images": n, "captions": int(txt2img.size)}, "ks": list(_KS), "rows": rows,
@@ -211,7 +200,7 @@ def distill_case(batch: int, dtype, distance: str, repeats: int, seed: int) -> d
     value, grads = ref_call()
     t_value = float(torch_call().detach())
     scale = max(float(np.abs(grads["z"]).max()), 1e-30)
-    ours, theirs = median_seconds(ref_call, repeats), median_seconds(torch_call, repeats)
+    ours, theirs = paired_medians(ref_call, torch_call, repeats)
     return {"B": batch, "dtype": np.dtype(dtype).name, "distance": distance, "numpy_s": ours, "torch_s": theirs,
             "torch_over_numpy": theirs / ours,
             "value_rel_diff": abs(float(value) - t_value) / max(abs(float(value)), 1e-30),
