@@ -144,7 +144,7 @@ print(format_hits(retriever.search_image(str(query_file), k=5, modality="text"))
 # Read the scores as well as the hits. This student trained for a minute: its embeddings sit in a narrow cone
 # (cosines near 1 for everything, tutorial 06's uniformity), and some captions collapse onto the same point, so
 # the ranking lives in small differences and many hits are wrong. The mechanics are what this tutorial shows;
-# train longer (`stage1_steps`, exercise 5) and the very same code serves a better student.
+# train longer (raise `stage1_steps`) and the very same code serves a better student.
 #
 # The bundle's embeddings give the same cross-modal recall as the torch student (section 3 checked it). Here it
 # is again, from the runtime's own encoders: the cosine scoring a served index delivers.
