@@ -180,8 +180,9 @@ assert baselines["text-poor"]["attr_t2t@10"] < baselines["balanced"]["attr_t2t@1
 # reports their I2I / T2T NDCG against the trivial baselines on the test split. With attribute relevance the
 # image teacher should beat raw pixels: it was trained to see shapes, colours, sizes and positions, which is
 # exactly what the student's text side lacks under "text-poor". Whether the text teacher beats bag-of-words
-# depends on what the captions still say. **Read the verdicts**: a teacher that does not beat the baseline has
-# nothing useful to distil.
+# depends on what the captions still say. **Read the verdicts**: DESIGN §4's rule of thumb is that a teacher is
+# useful only where its structure beats what is available without it (tutorial 05 shows what the measured
+# ablations found).
 
 # %%
 banner("5. teachers on text-poor")
