@@ -3,15 +3,15 @@
 One training step = forward, backward and the AdamW update of the student (and, in stage 2, the objective's own
 parameters), on one batch of the text-poor shapes world with teacher features of the teachers' width. Conditions:
 the compute-matched baseline (ITC + 2·ITM), the full objective (1, 2, 1, 2, 2, 1, 1, KD on the fused z), and the
-full objective with KD on the projected [v, t]. Samples alternate between the conditions (A B C A B C ...), so a
-neighbour's load hits all of them alike; the figure is the median per condition and the ratio to the baseline.
+full objective with KD on the projected [v, t]. Samples alternate between the conditions (A B C A B C ...,
+`rebalance_ref.timing.side_by_side`), so a neighbour's load hits all of them alike; the figures are the median per
+condition and the median of the paired ratios to the baseline.
 `--demo-run DIR` also prints the wall time per phase a `rebalance demo` run recorded in `DIR/results.json`.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import click
@@ -21,27 +21,13 @@ from rebalance_cli.options import json_option, set_threads, threads_option
 TEACHER_DIM = 128  # the width of the project's teachers' features (rebalance_torch.teachers.TEACHER_WIDTH)
 
 
-def alternating_medians(steps: dict, repeats: int) -> dict[str, float]:
-    """Median seconds per step of each callable, sampled in alternation after one warm-up call each."""
-    import numpy as np
-
-    for fn in steps.values():
-        fn()
-    samples: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, fn in steps.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - start)
-    return {name: float(np.median(values)) for name, values in samples.items()}
-
-
 def measure(batch_size: int = 64, repeats: int = 15, seed: int = 0, model: str = "tiny") -> dict:
     """Median step time of each condition and its ratio to the baseline."""
     import numpy as np
     import torch
 
     from rebalance_ref.shapes import make_world
+    from rebalance_ref.timing import median, paired_ratio, side_by_side
     from rebalance_ref.tokenizer import Tokenizer
     from rebalance_torch.config import BASELINE_WEIGHTS, TrainConfig
     from rebalance_torch.data import Collate, PairDataset
@@ -73,12 +59,12 @@ def measure(batch_size: int = 64, repeats: int = 15, seed: int = 0, model: str =
 
         return step
 
-    medians = alternating_medians({name: make_step(cfg) for name, cfg in conditions.items()}, repeats)
-    baseline = medians["itc+itm"]
+    samples = side_by_side({name: make_step(cfg) for name, cfg in conditions.items()}, repeats)
     return {"batch_size": batch_size, "model": model, "repeats": repeats, "threads": torch.get_num_threads(),
             "text_length": int(ids.shape[1]),
-            "conditions": {name: {"median_ms": 1000 * s, "ratio_to_itc_itm": s / baseline}
-                           for name, s in medians.items()}}
+            "conditions": {name: {"median_ms": 1000 * median(s),
+                                  "ratio_to_itc_itm": paired_ratio(s, samples["itc+itm"])}
+                           for name, s in samples.items()}}
 
 
 @click.command("train")

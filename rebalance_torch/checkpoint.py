@@ -95,6 +95,14 @@ def resolve(run_dir: str | Path, which: str = "best") -> Path:
                      f"{', '.join(str(c.relative_to(run_dir)) for c in candidates)})")
 
 
+def load_weights(student, state: dict, path: str | Path, what: str = "this run's model") -> None:
+    """Load the checkpoint's student weights into `student`; a `ValueError` names the file when they do not fit."""
+    try:
+        student.load_state_dict(state["student"])
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint {path}: weights do not fit {what} ({str(err).splitlines()[0]})") from None
+
+
 def build_student(model_config: dict):
     """A `Student` from a checkpoint's `model_config` dict."""
     from rebalance_torch.models import ModelConfig, Student
@@ -112,11 +120,7 @@ def load_student(run_dir: str | Path, which: str = "best", map_location: str = "
     path = resolve(run_dir, which)
     state = load_checkpoint(path, map_location=map_location)
     student = build_student(state["model_config"])
-    try:
-        student.load_state_dict(state["student"])
-    except RuntimeError as err:
-        raise ValueError(f"checkpoint {path}: weights do not fit its model config ({str(err).splitlines()[0]})") \
-            from None
+    load_weights(student, state, path, "its model config")
     tokenizer_file = Path(run_dir) / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise ValueError(f"run folder {run_dir} has no tokenizer.json")

@@ -586,11 +586,7 @@ def _load_into(student: Student, path: Path, config: TrainConfig, fields=None) -
         if diff:
             lines = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
             raise ValueError(f"checkpoint {path} cannot start this run: its data/model differ ({lines})")
-    try:
-        student.load_state_dict(state["student"])
-    except RuntimeError as err:
-        raise ValueError(f"checkpoint {path}: weights do not fit this run's model ({str(err).splitlines()[0]})") \
-            from None
+    ckpt.load_weights(student, state, path)
     return state
 
 
