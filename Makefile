@@ -19,8 +19,9 @@ setup: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=$(THREADS) $(BIN)/python -m pytest -q
 
+# Each demo writes a new run folder (runs/demo-<time>), so running it again never clashes with an earlier run.
 demo: $(STAMP)
-	$(BIN)/rebalance demo --threads $(THREADS)
+	$(BIN)/rebalance demo --threads $(THREADS) --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
