@@ -10,12 +10,12 @@ On disk, inside a bundle: `gallery/embeddings.npy`, `gallery/items.json` and opt
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from rebalance_ref.files import read_json, save_npy_atomic, write_json_atomic
 
 GALLERY_DIR = "gallery"
 ITEMS_FORMAT = "rebalance-gallery"
@@ -89,16 +89,11 @@ class Gallery:
         elif (folder / "images.npy").exists():
             (folder / "images.npy").unlink()
         for name, array in arrays.items():
-            tmp = folder / f".{name}.tmp"
-            with open(tmp, "wb") as handle:
-                np.save(handle, array)
-            os.replace(tmp, folder / name)
+            save_npy_atomic(folder / name, array)
             written.append(f"{GALLERY_DIR}/{name}")
         items = {"format": ITEMS_FORMAT, "version": ITEMS_VERSION, "image_names": self.image_names,
                  "captions": self.captions, "caption_sources": list(self.caption_sources)}
-        tmp = folder / ".items.json.tmp"
-        tmp.write_text(json.dumps(items), encoding="utf-8")
-        os.replace(tmp, folder / "items.json")
+        write_json_atomic(folder / "items.json", items, indent=None)
         written.append(f"{GALLERY_DIR}/items.json")
         return written
 
@@ -107,10 +102,7 @@ class Gallery:
         """Read the gallery of a bundle (files assumed verified against the manifest by the caller)."""
         folder = Path(bundle_dir) / GALLERY_DIR
         path = folder / "items.json"
-        try:
-            items = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"cannot read gallery items {path}: {error}") from error
+        items = read_json(path)
         if not isinstance(items, dict) or items.get("format") != ITEMS_FORMAT or items.get("version") != ITEMS_VERSION:
             raise ValueError(f"{path}: not a rebalance gallery of version {ITEMS_VERSION}")
         embeddings = np.load(folder / "embeddings.npy", allow_pickle=False)

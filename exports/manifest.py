@@ -17,9 +17,9 @@ manifest that lacks a required graph. Writing is atomic (temporary file, then `o
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from pathlib import Path
+
+from rebalance_ref.files import read_json, write_json_atomic
 
 FORMAT = "rebalance-bundle"
 FORMAT_VERSION = 1
@@ -61,9 +61,7 @@ def write_manifest(bundle_dir: str | Path, manifest: dict) -> dict:
     manifest["format"], manifest["format_version"] = FORMAT, FORMAT_VERSION
     manifest["files"] = {name: file_record(bundle_dir, name) for name in list_files(bundle_dir)}
     path = bundle_dir / MANIFEST
-    tmp = path.with_name(MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, manifest, indent=2, sort_keys=True)
     return manifest
 
 
@@ -75,10 +73,7 @@ def read_manifest(bundle_dir: str | Path, verify_files: bool = True) -> dict:
     path = bundle_dir / MANIFEST
     if not path.is_file():
         raise BundleError(f"{bundle_dir} is not a bundle: {MANIFEST} is missing")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise BundleError(f"{path} is not valid JSON: {error}") from error
+    manifest = read_json(path, error=BundleError)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path}: not a rebalance bundle manifest (expected format {FORMAT!r})")
     version = manifest.get("format_version")

@@ -23,7 +23,6 @@ figures incomparable. `on_short="skip"` drops such images with a warning naming 
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from rebalance_ref.dataset import CaptionedImages
+from rebalance_ref.files import read_json, write_json_atomic
 from rebalance_ref.images import load_image
 
 FORMAT = "rebalance-data"
@@ -45,14 +45,7 @@ class DataError(ValueError):
 
 
 def _load_json(path: Path):
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text: {exc}") from exc
+    return read_json(path, error=DataError, missing=DataError)
 
 
 def _resolve(root: Path, name: str, where: str) -> Path:
@@ -153,9 +146,7 @@ def read_split(json_path: str | Path, image_root: str | Path, split: str, image_
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    tmp.replace(path)
+    write_json_atomic(path, data, indent=1)
 
 
 def write_dataset(out_dir: str | Path, splits: dict[str, CaptionedImages], extra: dict | None = None) -> Path:

@@ -8,13 +8,13 @@ version. Pure Python + NumPy: no torch here.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from rebalance_ref.files import read_json, write_json_atomic
 from rebalance_ref.text import words
 
 PAD, CLS, UNK = "[PAD]", "[CLS]", "[UNK]"
@@ -98,10 +98,7 @@ class Tokenizer:
 
     def save(self, path: str | Path) -> None:
         """Write the tokenizer as JSON (written to a temporary file, then moved into place)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
-        tmp.replace(path)
+        write_json_atomic(path, self.to_dict(), indent=1)
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "tokenizer data") -> Tokenizer:
@@ -121,14 +118,7 @@ class Tokenizer:
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
         """Read a tokenizer written by `save`; a clear ValueError names the file if it is not one."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"tokenizer file not found: {path}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json(path), source=str(path))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Tokenizer) and self.vocab == other.vocab and self.max_len == other.max_len

@@ -13,8 +13,9 @@ Run-folder layout (see docs/training.md): `checkpoints/stage{1,2}-{last,best}.pt
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from rebalance_ref.files import atomic_path
 
 FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
@@ -34,16 +35,8 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(state, handle)
     return path
 
 

@@ -28,7 +28,6 @@ relevance (`rebalance_torch.evaluate.single_modal_ndcg`).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -41,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rebalance_ref.dataset import CaptionedImages
+from rebalance_ref.files import save_npy_atomic, write_json_atomic
 from rebalance_ref.images import to_model_input
 from rebalance_ref.text import words
 from rebalance_ref.tokenizer import Tokenizer
@@ -427,15 +427,11 @@ class TeacherResult:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         for key, array in self.features.items():
-            tmp = out / f".{key}.tmp.npy"
-            np.save(tmp, array)
-            tmp.replace(out / f"{key}.npy")
+            save_npy_atomic(out / f"{key}.npy", array)
         torch.save({k: v.cpu() for k, v in self.image_teacher.state_dict().items()}, out / "image_teacher.pt")
         torch.save({k: v.cpu() for k, v in self.text_teacher.state_dict().items()}, out / "text_teacher.pt")
         self.tokenizer.save(out / "text_teacher_tokenizer.json")
-        tmp = out / f".{REPORT_FILE}.tmp"
-        tmp.write_text(json.dumps(self.report, indent=2))
-        tmp.replace(out / REPORT_FILE)
+        write_json_atomic(out / REPORT_FILE, self.report, indent=2)
         return out
 
 
