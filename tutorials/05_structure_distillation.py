@@ -183,7 +183,7 @@ print("largest moves:", sorted(diff.items(), key=lambda kv: -abs(kv[1]))[:4])
 # * **what changes under imbalance and not under balance**: mixed retrieval (I2IT) rose under text-poor and
 #   image-poor and fell under balance — the "most of all under imbalance" part of the claim;
 # * **what does not hold**: cross-modal R-mean fell on every preset and seed — by about 5 points under imbalance
-#   and about 11 under balance; the paper's "recall held" did not show on this student;
+#   and more than twice that under balance; the paper's "recall held" did not show on this student;
 # * **where it comes from**: nearly all of it from IIC/TTC; KD on the fused `z` moved the retrieval space by
 #   nothing measurable (DESIGN §2 warned of this), and KD on the projected `[v, t]` moved it the wrong way;
 # * **which relevance you read matters**: under text-poor, ROUGE-L I2I relevance (between terse captions) fell
