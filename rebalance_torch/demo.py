@@ -111,7 +111,8 @@ def export_step(out: Path, test_split, threads: int = 1) -> dict:
         from exports.runtime import format_hits
     except ImportError as err:
         return {"error": f"the export needs onnx and onnxruntime ({err})"}
-    bundle, query, hits = export_and_search(out, out / "bundle", test_split, k=5, threads=threads)
+    # Text-to-image: the gallery holds both modalities, and a caption's nearest items are other captions.
+    bundle, query, hits = export_and_search(out, out / "bundle", test_split, k=5, threads=threads, modality="image")
     return {"bundle": str(bundle), "query": query, "hits": [h.to_dict() for h in hits], "text": format_hits(hits)}
 
 
