@@ -30,6 +30,7 @@ import numpy as np
 
 from rebalance_ref import metrics
 from rebalance_ref.dataset import CaptionedImages
+from rebalance_ref.relations import normalize
 
 NDCG_KS = (10, 20, 50)
 RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "i2t_mean", "t2i_mean", "r_mean")
@@ -61,8 +62,8 @@ def split_relevance(split: CaptionedImages) -> Relevance:
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    """Rows scaled to unit length by the reference's n(x) (float32; its gradient is not needed here)."""
+    return normalize(np.asarray(x, dtype=np.float32))[0]
 
 
 def _ndcg(scores: np.ndarray, relevance: np.ndarray, exclude: np.ndarray, ks, prefix: str, out: dict) -> None:
