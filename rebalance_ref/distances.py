@@ -1,5 +1,5 @@
 """Distances between a student's and a target's relation entries, as the structure distillation uses them
-(DESIGN section 2): mean absolute error (the paper's choice), mean squared error, the L1 distance between
+(docs/design.md §2): mean absolute error (the paper's choice), mean squared error, the L1 distance between
 cumulative sums (the official code's "kl"), and the row-wise weighted 1-D Wasserstein-1 distance (the official
 "wd").
 
@@ -186,4 +186,4 @@ def wasserstein(x, y, weights):
 
 
 # The private forms by public name, for the composite structure distillation.
-_FORMS = {"mae": _mae, "mse": _mse, "cumsum_l1": _cumsum_l1, "wasserstein": _wasserstein}
+_FORMS = {name: globals()[f"_{name}"] for name in checks.DISTANCES}

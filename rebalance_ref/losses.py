@@ -1,4 +1,4 @@
-"""The method's losses (DESIGN section 2): image-text contrast (ITC), one-way contrast to a teacher (IIC / TTC),
+"""The method's losses (docs/design.md §2): image-text contrast (ITC), one-way contrast to a teacher (IIC / TTC),
 image-text matching (ITM), and structure-aware distillation (KD, KDI, KDT).
 
 Every public function returns `(value, grads)`: the loss as a Python float and its gradient with respect to each

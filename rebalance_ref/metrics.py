@@ -1,4 +1,4 @@
-"""Retrieval metrics of the evaluation protocol (DESIGN §3): cross-modal recall, NDCG with graded relevance,
+"""Retrieval metrics of the evaluation protocol (docs/design.md §3): cross-modal recall, NDCG with graded relevance,
 ROUGE-L relevance, and the embedding-space diagnostics (modality gap, alignment, uniformity).
 
 Every function here is vectorised and, where a full query x gallery temporary could be large, works through the
@@ -360,7 +360,7 @@ def rouge_relevance(captions, image_captions, beta: float = 1.2, *, chunk: int |
     """ROUGE-L relevance of every caption to every image: float32 (len(captions), len(image_captions)).
 
     M[c, j] = rouge_l(captions[c], image_captions[j]) — caption c scored against the captions of image j as
-    references (TERAN's relevance matrix, DESIGN §3). Identical token sequences are scored once, words become
+    references (TERAN's relevance matrix, docs/design.md §3). Identical token sequences are scored once, words become
     integer ids, and the LCS runs bit-parallel over many pairs at once; `chunk` bounds the candidate x reference
     pairs held at a time (default about 1 M).
     """

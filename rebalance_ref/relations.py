@@ -1,5 +1,5 @@
 """Relation matrices of a batch: row normalisation, scaled cosine relations, their off-diagonal entries, and the
-blend of the two teachers' relations (DESIGN section 2).
+blend of the two teachers' relations (docs/design.md §2).
 
 Every public function returns `(value, grads)`. Where the value is an array, `grads` holds the vector-Jacobian
 product with the upstream gradient `grad_out` (an array shaped like the value; default all ones, i.e. the

@@ -39,7 +39,7 @@ GRADCHECK_EPS = 1e-6
 GRADCHECK_ATOL = 1e-5
 GRADCHECK_RTOL = 1e-3
 
-# --- identities (DESIGN section 2 facts) -------------------------------------------------------------------------
+# --- identities (docs/design.md §2 facts) -------------------------------------------------------------------------
 
 # A formula against an independent float64 oracle (SciPy, a Python loop over the definition).
 ORACLE_RTOL = 1e-10

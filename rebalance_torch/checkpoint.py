@@ -15,7 +15,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from rebalance_ref.files import atomic_path
+from rebalance_ref.tokenizer import Tokenizer
+from rebalance_torch.config import RUNTIME_FIELDS, TrainConfig
+from rebalance_torch.models import ModelConfig, Student
 
 FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
@@ -31,8 +36,6 @@ def checkpoint_path(run_dir: str | Path, stage: int, kind: str) -> Path:
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
     """Write `state` to `path` atomically (temporary file in the same folder, fsync, `os.replace`)."""
-    import torch
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
@@ -42,8 +45,6 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
     """Read a checkpoint with `weights_only=True`; clear errors for a missing, foreign or unreadable file."""
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint: no such file {path}")
@@ -59,10 +60,18 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
     return state
 
 
+def training_state(config: TrainConfig, student: Student, objective, optimizer, stage: int, step: int, best: dict,
+                   val: dict) -> dict:
+    """Everything a checkpoint holds to resume a stage exactly (see the module's docstring)."""
+    return {"format": FORMAT_VERSION, "config": config.to_dict(), "model_config": student.config.to_dict(),
+            "stage": stage, "step": step, "student": student.state_dict(),
+            "objective": objective.state_dict() if objective is not None else {},
+            "optimizer": optimizer.state_dict(), "rng": {"torch": torch.get_rng_state()},
+            "best": dict(best), "val": dict(val)}
+
+
 def check_same_config(state: dict, config, path: str | Path, ignore: tuple[str, ...] = ()) -> None:
     """Raise a `ValueError` listing every field where the checkpoint's config differs from `config`."""
-    from rebalance_torch.config import RUNTIME_FIELDS, TrainConfig
-
     saved = TrainConfig.from_dict(state["config"])
     diff = saved.differences(config, ignore=RUNTIME_FIELDS + tuple(ignore))
     if diff:
@@ -98,8 +107,6 @@ def load_weights(student, state: dict, path: str | Path, what: str = "this run's
 
 def build_student(model_config: dict):
     """A `Student` from a checkpoint's `model_config` dict."""
-    from rebalance_torch.models import ModelConfig, Student
-
     return Student(ModelConfig.from_dict(model_config))
 
 
@@ -107,9 +114,6 @@ def load_student(run_dir: str | Path, which: str = "best", map_location: str = "
     """`(student, config, tokenizer)` from a run folder: the student in eval mode on `map_location`, the run's
     `TrainConfig`, and its `Tokenizer`. `which`: "best" (validation-selected, latest stage), "last", or
     "stage1-best" / "stage2-last" etc."""
-    from rebalance_ref.tokenizer import Tokenizer
-    from rebalance_torch.config import TrainConfig
-
     path = resolve(run_dir, which)
     state = load_checkpoint(path, map_location=map_location)
     student = build_student(state["model_config"])

@@ -4,7 +4,7 @@ A run is fully described by its config: `config.json` in the run folder is `Trai
 checkpoint carries `to_dict()`, and `--resume` refuses a checkpoint whose config differs. Validation happens in
 `__post_init__`, so a bad value fails when the config is made, with a `ValueError` naming the field.
 
-Loss weights are by name (DESIGN §2): `itc, itm, iic, ttc, kd, kdi, kdt`. Stage 1 uses `stage1_weights`
+Loss weights are by name (docs/design.md §2): `itc, itm, iic, ttc, kd, kdi, kdt`. Stage 1 uses `stage1_weights`
 (the official ITC + 2·ITM), stage 2 uses `weights` (the official 1, 2, 1, 2, 2, 1, 1). A compute-matched
 baseline is stage 2 with `weights={"itc": 1, "itm": 2}`; any ablation is a choice of weights.
 """
@@ -17,11 +17,14 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rebalance_ref.checks import DISTANCES
+
 LOSS_NAMES = ("itc", "itm", "iic", "ttc", "kd", "kdi", "kdt")
+TEACHER_TERMS = ("iic", "ttc", "kd", "kdi", "kdt")   # the terms that read teacher features (stage 2 only)
+STRUCTURE_TERMS = ("kd", "kdi", "kdt")               # the structure-distillation terms
 OFFICIAL_WEIGHTS = {"itc": 1.0, "itm": 2.0, "iic": 1.0, "ttc": 2.0, "kd": 2.0, "kdi": 1.0, "kdt": 1.0}
 STAGE1_WEIGHTS = {"itc": 1.0, "itm": 2.0}
 BASELINE_WEIGHTS = {"itc": 1.0, "itm": 2.0}
-DISTANCES = ("mae", "mse", "cumsum_l1", "wasserstein")
 IMAGE_TEACHERS = ("supervised", "ssl")
 TAU2_MODES = ("learnable", "fixed")
 LAMBDA_MODES = ("unconstrained", "sigmoid")
@@ -32,6 +35,10 @@ ITM_NEGATIVES = ("local", "global")
 DEVICES = ("cpu", "cuda")
 AUGMENTS = ("none", "mild")
 SELECT_ON = ("r_mean", "last")
+# The fields that take one of a few names, and those names (the CLI's choices come from here).
+CHOICES = {"distance": DISTANCES, "image_teacher": IMAGE_TEACHERS, "tau2": TAU2_MODES, "lam": LAMBDA_MODES,
+           "student_relation": STUDENT_RELATIONS, "itm_negatives": ITM_NEGATIVES, "device": DEVICES,
+           "select_on": SELECT_ON, "augment": AUGMENTS}
 
 
 def _check_weights(name: str, weights: dict) -> dict[str, float]:
@@ -143,10 +150,7 @@ class TrainConfig:
             raise ValueError(f"lam_init must be a finite number, got {self.lam_init!r}")
         if self.lam == "sigmoid" and not 0 < self.lam_init < 1:
             raise ValueError(f"lam_init must lie in (0, 1) when lam='sigmoid', got {self.lam_init!r}")
-        for name, allowed in (("distance", DISTANCES), ("image_teacher", IMAGE_TEACHERS), ("tau2", TAU2_MODES),
-                              ("lam", LAMBDA_MODES), ("student_relation", STUDENT_RELATIONS),
-                              ("itm_negatives", ITM_NEGATIVES),
-                              ("device", DEVICES), ("select_on", SELECT_ON), ("augment", AUGMENTS)):
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         if self.tau_clamp is not None:
@@ -157,7 +161,7 @@ class TrainConfig:
             self.tau_clamp = [float(c) for c in clamp]
         self.stage1_weights = _check_weights("stage1_weights", self.stage1_weights)
         self.weights = _check_weights("weights", self.weights)
-        for key in ("iic", "ttc", "kd", "kdi", "kdt"):
+        for key in TEACHER_TERMS:
             if self.stage1_weights.get(key, 0.0):
                 raise ValueError(f"stage1_weights[{key!r}]: stage 1 has no teachers' terms; use only itc and itm")
         if not isinstance(self.model_overrides, dict):
@@ -175,7 +179,7 @@ class TrainConfig:
 
     def uses_teachers(self) -> bool:
         """True when stage 2 has any term that reads teacher features."""
-        return self.stage2_steps > 0 and any(self.weights.get(k, 0.0) for k in ("iic", "ttc", "kd", "kdi", "kdt"))
+        return self.stage2_steps > 0 and any(self.weights.get(k, 0.0) for k in TEACHER_TERMS)
 
     def replace(self, **changes) -> TrainConfig:
         """A validated copy with some fields changed."""

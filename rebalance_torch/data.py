@@ -2,8 +2,9 @@
 
 `PairDataset` yields one item per training caption row, in `CaptionedImages.pairs()` order (image-major), so row r
 of a dataset lines up with row r of the teacher feature files. `Collate` stacks items into a `Batch`, pads token
-ids to the longest caption of the batch, and applies train-time augmentation. `make_loader` builds a seeded
-`DataLoader` (same seed -> same batches).
+ids to the longest caption of the batch, and applies train-time augmentation. `load_splits` gives a run's
+train/val/test splits; `image_batches` and `text_batches` walk a split in order for encoding (evaluation, teacher
+features).
 
 Augmentation must not change what a caption says about the image. Positions are attributes here, so there are
 no flips and no crops: only Gaussian pixel noise, a brightness factor, and a translation of at most 2 pixels
@@ -18,11 +19,14 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from rebalance_ref.dataset import CaptionedImages
 from rebalance_ref.images import to_model_input
+from rebalance_ref.karpathy import read_dataset
+from rebalance_ref.shapes import make_splits
 from rebalance_ref.tokenizer import Tokenizer
+from rebalance_torch.config import TrainConfig
 
 MAX_SHIFT = 2  # pixels; a larger translation could move an object across a grid-cell boundary at 32x32
 
@@ -152,26 +156,6 @@ class Collate:
                      torch.tensor(row_idx, dtype=torch.int64))
 
 
-def make_loader(data: CaptionedImages | PairDataset, tokenizer: Tokenizer | None = None, batch_size: int = 64,
-                shuffle: bool = True, seed: int = 0, augment: Augment | None = None, num_workers: int = 0,
-                drop_last: bool = False) -> DataLoader:
-    """A seeded DataLoader of `Batch`es over the caption rows of `data` (same seed -> same batches)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
-    if isinstance(data, PairDataset):
-        dataset = data
-    else:
-        if tokenizer is None:
-            raise ValueError("tokenizer must be given when data is a CaptionedImages")
-        dataset = PairDataset(data, tokenizer)
-    order = torch.Generator().manual_seed(int(seed))
-    augment_rng = torch.Generator().manual_seed(int(seed) + 1) if num_workers == 0 else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=order, num_workers=num_workers,
-                      collate_fn=Collate(augment, augment_rng), drop_last=drop_last)
-
-
 def image_batches(data: CaptionedImages, batch_size: int = 256):
     """Float images (b, 3, H, W) of every image in order, `batch_size` at a time (for evaluation/encoding)."""
     for lo in range(0, len(data), batch_size):
@@ -183,3 +167,16 @@ def text_batches(texts: list[str], tokenizer: Tokenizer, batch_size: int = 256):
     for lo in range(0, len(texts), batch_size):
         ids, mask = tokenizer.encode(texts[lo:lo + batch_size])
         yield torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def load_splits(config: TrainConfig) -> dict[str, CaptionedImages]:
+    """The run's train/val/test splits: the shapes world from the preset and seed, or a data folder."""
+    if config.data_dir is not None:
+        splits = read_dataset(config.data_dir, config.image_size)
+    else:
+        splits = make_splits(config.preset, config.n_train, config.n_val, config.n_test, seed=config.seed,
+                             size=config.image_size)
+    missing = [s for s in ("train", "val", "test") if s not in splits]
+    if missing:
+        raise ValueError(f"data: the run needs train, val and test splits; missing {', '.join(missing)}")
+    return splits

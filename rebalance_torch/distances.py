@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from rebalance_ref.checks import DISTANCES
 from rebalance_ref.distances import _check_pair, _check_wasserstein
 
 __all__ = ["mae", "mse", "cumsum_l1", "wasserstein"]
@@ -65,4 +66,4 @@ def wasserstein(x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -> torc
 
 
 # The private forms by public name, for the composite structure distillation.
-_FORMS = {"mae": _mae, "mse": _mse, "cumsum_l1": _cumsum_l1, "wasserstein": _wasserstein}
+_FORMS = {name: globals()[f"_{name}"] for name in DISTANCES}

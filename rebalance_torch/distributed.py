@@ -5,7 +5,7 @@ and returns a `DistContext`: rank, world size, device, `is_main`. At world size 
 train`, or torchrun with one process) no process group is created and every method is the identity, so the
 single-process trainer computes exactly what it computed before.
 
-What the trainer does with it (DESIGN §2, "the gathered batch"; docs/distributed.md):
+What the trainer does with it (docs/design.md §2, "the gathered batch"; docs/distributed.md):
 
 - every process draws the same global batch of B caption rows and keeps its slice (`shard`): B / W rows each;
 - ITC, IIC, TTC and the structure terms are computed over the gathered global batch (`gather`, PyTorch's

@@ -1,4 +1,4 @@
-"""The paper's evaluation (DESIGN §3), computed with `rebalance_ref.metrics` only.
+"""The paper's evaluation (docs/design.md §3), computed with `rebalance_ref.metrics` only.
 
 For a split of N images with their captions (C = 5N on val/test):
 
@@ -31,6 +31,8 @@ import numpy as np
 from rebalance_ref import metrics
 from rebalance_ref.dataset import CaptionedImages
 from rebalance_ref.relations import normalize
+from rebalance_torch.checkpoint import load_student
+from rebalance_torch.data import image_batches, load_splits
 
 NDCG_KS = (10, 20, 50)
 RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "i2t_mean", "t2i_mean", "r_mean")
@@ -145,8 +147,6 @@ def encode_split(student, split: CaptionedImages, tokenizer, device: str = "cpu"
     """Run both towers over a split (eval mode, no grad), image-major caption order of `split.pairs()`."""
     import torch
 
-    from rebalance_ref.images import to_model_input
-
     txt2img, flat = split.pairs()
     ids, mask = tokenizer.encode(flat, max_len=student.config.max_len)
     ids_t, mask_t = torch.as_tensor(ids, dtype=torch.int64), torch.as_tensor(mask, dtype=torch.int64)
@@ -154,9 +154,8 @@ def encode_split(student, split: CaptionedImages, tokenizer, device: str = "cpu"
     student.eval()
     image_tokens, vs, text_tokens, ts = [], [], [], []
     with torch.no_grad():
-        for start in range(0, len(split), batch_size):
-            images = torch.from_numpy(to_model_input(split.images[start:start + batch_size])).to(device)
-            tokens, pooled = student.encode_image(images)
+        for images in image_batches(split, batch_size):
+            tokens, pooled = student.encode_image(images.to(device))
             vs.append(student.project_image(pooled).float().cpu())
             if keep_tokens:
                 image_tokens.append(tokens.cpu())
@@ -232,7 +231,8 @@ def geometry(emb: SplitEmbeddings) -> dict[str, float]:
 
 def evaluate_student(student, split: CaptionedImages, tokenizer, relevance: Relevance | None = None,
                      k_test: int = 16, device: str = "cpu", itm: bool = True) -> dict[str, float]:
-    """Every metric of DESIGN §3 for one student on one split, as a flat dict of floats (percent for R@K/NDCG)."""
+    """Every metric of docs/design.md §3 for one student on one split, as a flat dict of floats (percent for
+    R@K/NDCG)."""
     relevance = relevance if relevance is not None else split_relevance(split)
     emb = encode_split(student, split, tokenizer, device=device, keep_tokens=itm)
     out = cosine_recall(emb)
@@ -246,9 +246,6 @@ def evaluate_student(student, split: CaptionedImages, tokenizer, relevance: Rele
 
 def evaluate_run(run_dir, which: str = "best", split: str = "test", device: str = "cpu") -> dict:
     """Load a run's student (`checkpoint.load_student`), rebuild its data from the config, evaluate a split."""
-    from rebalance_torch.checkpoint import load_student
-    from rebalance_torch.train import load_splits
-
     student, config, tokenizer = load_student(run_dir, which=which, map_location=device)
     splits = load_splits(config)
     if split not in splits:

@@ -1,4 +1,4 @@
-"""The student: an image tower, a text tower, projections, a fusion encoder and an ITM head (DESIGN §2).
+"""The student: an image tower, a text tower, projections, a fusion encoder and an ITM head (docs/design.md §2).
 
 A small, CPU-sized stand-in for the official X-VLM student (Swin-B image encoder, BERT-base text encoder whose
 upper six layers cross-attend to the image). The pieces keep the official roles and names:
@@ -305,7 +305,7 @@ def _exporting() -> bool:
 
 
 class Student(nn.Module):
-    """The X-VLM-style student of DESIGN §2, built deterministically from `seed`.
+    """The X-VLM-style student of docs/design.md §2, built deterministically from `seed`.
 
     The trainer composes the methods: `encode_image`/`encode_text` give tokens and pooled vectors,
     `embed_image`/`embed_text` the L2-normalised retrieval embeddings v, t, `fuse` the fused tokens whose

@@ -1,4 +1,4 @@
-"""The two frozen single-modality teachers (DESIGN §4): train them, freeze them, cache their features.
+"""The two frozen single-modality teachers (docs/design.md §4): train them, freeze them, cache their features.
 
 The official code ships teacher features as precomputed arrays (image 1024-d, text 768-d: the sizes of a Swin-B and
 a BERT-base) and publishes no teacher training. Here the teachers are small networks trained on one modality each:
@@ -40,18 +40,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from rebalance_ref.dataset import CaptionedImages
-from rebalance_ref.files import save_npy_atomic, write_json_atomic
+from rebalance_ref.files import atomic_path, save_npy_atomic, write_json_atomic
 from rebalance_ref.images import to_model_input
 from rebalance_ref.text import words
 from rebalance_ref.tokenizer import Tokenizer
-from rebalance_torch.data import Augment, augment_images
+from rebalance_torch.config import IMAGE_TEACHERS, TrainConfig
+from rebalance_torch.data import Augment, augment_images, image_batches, text_batches
 from rebalance_torch.models import CLIP_MEAN, CLIP_STD, count_parameters
+from rebalance_torch.teacher_features import REPORT_FILE, TeacherFeatures
 
-IMAGE_TEACHERS = ("supervised", "ssl")
 # Epochs that train each teacher at demo size (about a thousand 32x32 scenes) in seconds on one thread.
 DEFAULT_EPOCHS = {"supervised": 20, "ssl": 10, "text": 10}
-FEATURE_FILES = ("train_image", "train_text", "val_image", "val_text", "test_image", "test_text")
-REPORT_FILE = "report.json"
 
 # The teachers' networks: a small CNN and a fastText-style text network, features of TEACHER_WIDTH dims.
 TEACHER_WIDTH = 128
@@ -315,8 +314,7 @@ def image_features(teacher: ImageTeacher, data: CaptionedImages, device: str = "
                    batch_size: int = 512) -> np.ndarray:
     """Frozen image-teacher features, float32 (N, W), one row per image of `data`."""
     teacher.eval()
-    out = [teacher.features(torch.from_numpy(to_model_input(data.images[lo:lo + batch_size])).to(device)).cpu()
-           for lo in range(0, len(data), batch_size)]
+    out = [teacher.features(images.to(device)).cpu() for images in image_batches(data, batch_size)]
     return torch.cat(out).numpy().astype(np.float32)
 
 
@@ -325,44 +323,9 @@ def text_features(teacher: TextTeacher, tokenizer: Tokenizer, texts: list[str], 
                   batch_size: int = 512) -> np.ndarray:
     """Frozen text-teacher features, float32 (len(texts), W), one row per text."""
     teacher.eval()
-    out = []
-    for lo in range(0, len(texts), batch_size):
-        ids, mask = (torch.from_numpy(x).to(device) for x in tokenizer.encode(texts[lo:lo + batch_size]))
-        out.append(teacher.features(ids, mask).cpu())
+    out = [teacher.features(ids.to(device), mask.to(device)).cpu()
+           for ids, mask in text_batches(texts, tokenizer, batch_size)]
     return torch.cat(out).numpy().astype(np.float32)
-
-
-def load_teacher_features(path: str | Path | np.ndarray, n_rows: int) -> np.ndarray:
-    """Teacher features supplied by a user (`.npy`, the official format): float32 (n_rows, d), checked.
-
-    `n_rows` is what the data needs: the number of training captions (`len(data.pairs()[1])`) for train features,
-    or the number of images / captions of a split. Raises ValueError naming the file for a missing or unreadable
-    file, a shape other than (n_rows, d), a non-numeric dtype, or NaN / inf values.
-    """
-    if isinstance(path, np.ndarray):
-        array, where = path, "teacher features"
-    else:
-        where = f"teacher features {path}"
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"{where}: no such file")
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise ValueError(f"{where}: not a readable .npy array ({exc})") from exc
-    if isinstance(n_rows, bool) or not isinstance(n_rows, int | np.integer) or n_rows < 1:
-        raise ValueError(f"n_rows must be an int >= 1, got {n_rows!r}")
-    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise ValueError(f"{where}: dtype must be a real number type, got {array.dtype}")
-    if array.ndim != 2 or array.shape[0] != n_rows or array.shape[1] < 1:
-        raise ValueError(f"{where}: shape must be ({n_rows}, d) -- one row per training caption in "
-                         f"CaptionedImages.pairs() order (or per image/caption of an eval split) -- got {array.shape}")
-    array = array.astype(np.float32)
-    bad = ~np.isfinite(array)
-    if bad.any():
-        row = int(np.argwhere(bad)[0, 0])
-        raise ValueError(f"{where}: {int(bad.sum())} NaN/inf values (first in row {row})")
-    return array
 
 
 # --- quality against trivial baselines -------------------------------------------------------------------------
@@ -428,8 +391,9 @@ class TeacherResult:
         out.mkdir(parents=True, exist_ok=True)
         for key, array in self.features.items():
             save_npy_atomic(out / f"{key}.npy", array)
-        torch.save({k: v.cpu() for k, v in self.image_teacher.state_dict().items()}, out / "image_teacher.pt")
-        torch.save({k: v.cpu() for k, v in self.text_teacher.state_dict().items()}, out / "text_teacher.pt")
+        for name, teacher in (("image_teacher.pt", self.image_teacher), ("text_teacher.pt", self.text_teacher)):
+            with atomic_path(out / name) as tmp, open(tmp, "wb") as handle:
+                torch.save({k: v.cpu() for k, v in teacher.state_dict().items()}, handle)
         self.tokenizer.save(out / "text_teacher_tokenizer.json")
         write_json_atomic(out / REPORT_FILE, self.report, indent=2)
         return out
@@ -476,3 +440,20 @@ def train_teachers(splits: dict[str, CaptionedImages], kind: str = "supervised",
                         f"{r['baseline'][key]:.1f}")
     return TeacherResult(features=features, report=report, image_teacher=image_teacher, text_teacher=text_teacher,
                          tokenizer=tokenizer, info={"kind": kind})
+
+
+def train_teacher_features(config: TrainConfig, splits: dict[str, CaptionedImages], cache: Path | None = None,
+                           log: Callable[[str], None] | None = None) -> TeacherFeatures:
+    """A run's teachers: both trained on the training split as the config says (`train_teachers`), frozen, their
+    features for the training rows and the validation split collected, everything saved to `cache` if given."""
+    result = train_teachers(splits, kind=config.image_teacher, seed=config.seed, epochs=config.teacher_epochs,
+                            device=config.device, log=log)
+    if cache is not None:
+        result.save(cache)
+    features = result.features
+
+    def maybe(key: str) -> np.ndarray | None:
+        return None if features.get(key) is None else np.asarray(features[key], dtype=np.float32)
+
+    return TeacherFeatures(train_image=maybe("train_image"), train_text=maybe("train_text"),
+                           val_image=maybe("val_image"), val_text=maybe("val_text"), report=dict(result.report))

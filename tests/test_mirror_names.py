@@ -1,4 +1,4 @@
-"""The mirror rule (DESIGN section 5): every formula in rebalance_ref/X.py exists in rebalance_torch/X.py under the
+"""The mirror rule (docs/design.md §5): every formula in rebalance_ref/X.py exists in rebalance_torch/X.py under the
 same name with the same arguments in the same order. The NumPy side alone has the keyword-only `grad_out` (the
 upstream gradient of an array value), which autograd makes unnecessary in torch."""
 

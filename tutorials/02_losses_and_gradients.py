@@ -5,7 +5,7 @@
 # Fast mode, `REBALANCE_FAST=1`, runs the τ2 drift of section 8 for fewer steps; everything else is the same.
 # Figures go to `tutorials/out/02_losses_and_gradients/` (or `$REBALANCE_TUTORIAL_OUT/02_losses_and_gradients/`).
 #
-# Tutorial 01 built relation matrices. Here are the losses the student trains on (DESIGN §2), each from
+# Tutorial 01 built relation matrices. Here are the losses the student trains on (docs/design.md §2), each from
 # `rebalance_ref.losses` / `rebalance_ref.distances` (NumPy, returning `(value, gradients)`):
 #
 # | name | what it pulls together | package function |
@@ -231,7 +231,7 @@ for name, (fn, inputs) in checks.items():
 banner("7. torch autograd")
 import torch  # noqa: E402  (torch only from here on)
 
-from rebalance_cli.options import set_threads  # noqa: E402
+from rebalance_ref.threads import set_threads  # noqa: E402
 from rebalance_torch import losses as torch_losses  # noqa: E402
 
 set_threads(1)

@@ -147,7 +147,7 @@ save_figure(fig, OUT, "caption_content.png")
 
 # %%
 banner("4. trivial baselines")
-from rebalance_cli.options import set_threads  # noqa: E402
+from rebalance_ref.threads import set_threads  # noqa: E402
 from rebalance_torch.evaluate import single_modal_ndcg, split_relevance  # noqa: E402
 from rebalance_torch.teachers import bag_of_words, pixel_baseline, train_teachers  # noqa: E402
 
@@ -180,7 +180,7 @@ assert baselines["text-poor"]["attr_t2t@10"] < baselines["balanced"]["attr_t2t@1
 # reports their I2I / T2T NDCG against the trivial baselines on the test split. With attribute relevance the
 # image teacher should beat raw pixels: it was trained to see shapes, colours, sizes and positions, which is
 # exactly what the student's text side lacks under "text-poor". Whether the text teacher beats bag-of-words
-# depends on what the captions still say. **Read the verdicts**: DESIGN §4's rule of thumb is that a teacher is
+# depends on what the captions still say. **Read the verdicts**: docs/design.md §4's rule of thumb is that a teacher is
 # useful only where its structure beats what is available without it (tutorial 05 shows what the measured
 # ablations found).
 
@@ -229,7 +229,7 @@ save_figure(fig, OUT, "teachers_vs_baselines.png")
 # 2. Add `"noisy-captions"` to section 5 (train the teachers on it). Does the text teacher still beat
 #    bag-of-words? Why might a learned model be more robust to a wrong word than word counts?
 # 3. Train the "ssl" image teacher (`train_teachers(..., kind="ssl")`) on text-poor. Does it beat raw pixels?
-#    DESIGN §4 reports that a self-supervised teacher weaker than raw pixels made the student worse — why would
+#    docs/design.md §4 reports that a self-supervised teacher weaker than raw pixels made the student worse — why would
 #    that be?
 # 4. The T2T baseline uses the raw word counts. Try a mean-centred or tf-idf-weighted bag of words: does the
 #    baseline get harder to beat?

@@ -10,7 +10,7 @@
 # and a fusion encoder from scratch with `ITC + 2·ITM` (tutorial 02). This tutorial
 #
 # 1. sets up a run with `TrainConfig` (the one config object) and `prepare` (data and tokenizer);
-# 2. trains stage 1 with `rebalance_torch.train.train` and reads its traces from `metrics.jsonl`;
+# 2. trains stage 1 with `rebalance_torch.trainer.train` and reads its traces from `metrics.jsonl`;
 # 3. evaluates the best checkpoint (tutorial 06's protocol): cross-modal recall by cosine and with ITM
 #    re-ranking, single-modal and mixed NDCG;
 # 4. compares those with the same student *before* training, to see what matching pairs does — and does not
@@ -26,10 +26,12 @@ import shutil
 import numpy as np
 from _common import FAST, banner, out_dir, plt, save_figure
 
-from rebalance_cli.options import set_threads
+from rebalance.report import train_and_report
+from rebalance_ref.threads import set_threads
 from rebalance_torch.config import TrainConfig
 from rebalance_torch.evaluate import evaluate_student
-from rebalance_torch.train import build_student, prepare, read_metrics, train
+from rebalance_torch.prepare import build_student, prepare
+from rebalance_torch.runlog import read_metrics
 
 set_threads(1)
 OUT = out_dir("04_baseline_student")
@@ -71,14 +73,15 @@ print("a test caption and its tokens:", test.captions[0][0], prepared.tokenizer.
 # %% [markdown]
 # ## 2. Train stage 1
 #
-# `train(config, run_dir, stages=(1,))` runs AdamW with warm-up and linear decay, logs every loss term and the
-# temperature τ to `metrics.jsonl`, evaluates cosine R-mean on the validation split every `eval_every` steps, keeps
-# the best checkpoint by that criterion (never by the test split), and evaluates the best checkpoint on the test
-# split at the end. Every step is seeded, so the same config gives the same run.
+# `train_and_report(config, run_dir, stages=(1,))` calls the trainer (`rebalance_torch.trainer.train`), which runs
+# AdamW with warm-up and linear decay, logs every loss term and the temperature τ to `metrics.jsonl`, evaluates
+# cosine R-mean on the validation split every `eval_every` steps, keeps the best checkpoint by that criterion (never
+# by the test split), and evaluates the best checkpoint on the test split at the end; then it writes the run's
+# `report.md` and `plots/`. Every step is seeded, so the same config gives the same run.
 
 # %%
 banner("2. train stage 1")
-summary = train(config, RUN, prepared=prepared, stages=(1,), progress=False)
+summary = train_and_report(config, RUN, prepared=prepared, stages=(1,), progress=False)
 print(f"stage 1 took {summary['timings']['stage1']:.1f} s; files:", sorted(p.name for p in RUN.iterdir()))
 
 rows = read_metrics(RUN)

@@ -27,12 +27,14 @@ import shutil
 import numpy as np
 from _common import FAST, banner, out_dir, plt, save_figure
 
-from rebalance_cli.options import set_threads
-from rebalance_torch import plots
-from rebalance_torch.ablate import TABLE_KEYS, paired_table, table_markdown
+from rebalance import plots
+from rebalance.ablate import TABLE_KEYS, paired_table, table_markdown
+from rebalance.report import train_and_report
+from rebalance_ref.threads import set_threads
 from rebalance_torch.checkpoint import checkpoint_path
 from rebalance_torch.config import BASELINE_WEIGHTS, OFFICIAL_WEIGHTS, TrainConfig
-from rebalance_torch.train import prepare, read_metrics, train
+from rebalance_torch.prepare import prepare
+from rebalance_torch.runlog import read_metrics
 
 set_threads(1)
 OUT = out_dir("05_structure_distillation")
@@ -65,7 +67,7 @@ print("stage 2 weights (full objective):", config.weights)
 assert config.weights == OFFICIAL_WEIGHTS
 prepared = prepare(config, teachers=True, teacher_cache=RUN / "teachers")
 print("teacher features:", {k: getattr(prepared.teachers, k).shape for k in ("train_image", "train_text")})
-stage1 = train(config, RUN, prepared=prepared, stages=(1,), progress=False, evaluate_test=False)
+stage1 = train_and_report(config, RUN, prepared=prepared, stages=(1,), progress=False, evaluate_test=False)
 stage1_best = checkpoint_path(RUN, 1, "best")
 print("stage-1 checkpoint:", stage1_best.relative_to(OUT))
 
@@ -74,14 +76,14 @@ print("stage-1 checkpoint:", stage1_best.relative_to(OUT))
 #
 # The baseline gets `weights=BASELINE_WEIGHTS` (ITC + 2·ITM) and its own run folder; the full objective
 # continues in `RUN`. Before stage 2 the trainer runs the **teacher check**: on the validation split, is each
-# teacher's single-modal structure (NDCG@10) better than the stage-1 student's? DESIGN §4 expects a teacher to
+# teacher's single-modal structure (NDCG@10) better than the stage-1 student's? docs/design.md §4 expects a teacher to
 # help only where it is; section 5 says what the measured ablations found about that.
 
 # %%
 banner("2. stage 2: baseline and full")
-baseline = train(config.replace(weights=dict(BASELINE_WEIGHTS)), RUN / "baseline", prepared=prepared,
+baseline = train_and_report(config.replace(weights=dict(BASELINE_WEIGHTS)), RUN / "baseline", prepared=prepared,
                  init=stage1_best, stages=(2,), progress=False)
-full = train(config, RUN, prepared=prepared, stages=(2,), progress=False)
+full = train_and_report(config, RUN, prepared=prepared, stages=(2,), progress=False)
 check = json.loads((RUN / "teacher_check.json").read_text())
 for key, r in check.items():
     print(f"teacher check {key:15s} teacher {r['teacher']:6.2f}  stage-1 student {r['student']:6.2f}  "
@@ -142,7 +144,7 @@ for name, feats in (("image teacher", prepared.teachers.train_image), ("text tea
 # ## 4. The paired difference, one seed
 #
 # Both stage-2 runs were evaluated on the test split (best validation checkpoint). The quantity to read is the
-# **paired difference**, full − baseline, per metric. `rebalance_torch.ablate.paired_table` computes it (over
+# **paired difference**, full − baseline, per metric. `rebalance.ablate.paired_table` computes it (over
 # seeds, mean ± std; here one seed, so no spread), and `plots.plot_ablation` draws it.
 
 # %%
@@ -168,7 +170,7 @@ print("largest moves:", sorted(diff.items(), key=lambda kv: -abs(kv[1]))[:4])
 # * the improvement largest under modal imbalance, small or absent under balance.
 #
 # `rebalance ablate --preset text-poor --seeds 3` runs stage 1 once per seed, then every condition of
-# `rebalance_torch.ablate.CONDITIONS` from that same checkpoint — baseline, +IIC/TTC only, +KD only, the full
+# `rebalance.ablate.CONDITIONS` from that same checkpoint — baseline, +IIC/TTC only, +KD only, the full
 # objective, and the full objective with KD on the projected embeddings `[v, t]` instead of the fused `z` — and
 # reports each condition minus the baseline as mean ± std over seeds (`ablation.md`, `plots/ablation.png`, made by
 # the same `paired_table` and `plot_ablation` as above). Run it once with `--preset text-poor` and once with
@@ -185,11 +187,11 @@ print("largest moves:", sorted(diff.items(), key=lambda kv: -abs(kv[1]))[:4])
 # * **what does not hold**: cross-modal R-mean fell on every preset and seed — by about 5 points under imbalance
 #   and more than twice that under balance; the paper's "recall held" did not show on this student;
 # * **where it comes from**: nearly all of it from IIC/TTC; KD on the fused `z` moved the retrieval space by
-#   nothing measurable (DESIGN §2 warned of this), and KD on the projected `[v, t]` moved it the wrong way;
+#   nothing measurable (docs/design.md §2 warned of this), and KD on the projected `[v, t]` moved it the wrong way;
 # * **which relevance you read matters**: under text-poor, ROUGE-L I2I relevance (between terse captions) fell
 #   while attribute I2I rose — caption relevance measures agreement with the impoverished modality.
 #
-# DESIGN §4's prototype agreed on the source (the gain mostly from IIC, KD on `z` weak) but held recall under
+# docs/design.md §4's prototype agreed on the source (the gain mostly from IIC, KD on `z` weak) but held recall under
 # text insufficiency and lost it only under balance; the measured ablations lose it under imbalance too. And the
 # teacher check of section 2 did not predict the gain: on image-poor the image teacher was no stronger than the
 # stage-1 student, yet IIC/TTC raised I2I the most there — they act as much as a single-modal regulariser as a

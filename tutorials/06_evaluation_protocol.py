@@ -5,7 +5,7 @@
 # Fast mode, `REBALANCE_FAST=1`, uses a test split of 60 images instead of 200. Figures go to
 # `tutorials/out/06_evaluation_protocol/` (or `$REBALANCE_TUTORIAL_OUT/06_evaluation_protocol/`).
 #
-# The paper reports three families of numbers (DESIGN §3, `docs/metrics.md`):
+# The paper reports three families of numbers (docs/design.md §3, `docs/metrics.md`):
 #
 # 1. **cross-modal Recall@K** (image→text, text→image), scored by embedding cosine *or* re-ranked by the ITM head;
 # 2. **single-modal NDCG@k** (image→image, text→text) with graded relevance from **ROUGE-L** between captions;
@@ -109,7 +109,7 @@ assert np.isclose(rec["i2t_r1"], i2t_r1_by_hand) and np.isclose(rec["t2i_r5"], t
 banner("2. ITM re-ranking")
 import torch  # noqa: E402
 
-from rebalance_cli.options import set_threads  # noqa: E402
+from rebalance_ref.threads import set_threads  # noqa: E402
 from rebalance_torch.evaluate import SplitEmbeddings, itm_rerank, recall_pair  # noqa: E402
 
 set_threads(1)

@@ -8,11 +8,11 @@
 #
 # A trained dual encoder is served without PyTorch: the image and text towers (and, optionally, the fusion
 # encoder with the ITM head for re-ranking) are exported to ONNX in a **bundle** folder, and
-# `exports.runtime.Retriever` serves it with NumPy and onnxruntime alone. This tutorial
+# `exports.serving.runtime.Retriever` serves it with NumPy and onnxruntime alone. This tutorial
 #
 # 1. trains a small student (stage 1, as in tutorial 04);
-# 2. exports it with `exports.export.export_bundle` and reads the manifest;
-# 3. verifies the bundle against the torch student (`exports.verify`): outputs at several batch sizes and
+# 2. exports it with `exports.exporter.export.export_bundle` and reads the manifest;
+# 3. verifies the bundle against the torch student (`exports.exporter.verify`): outputs at several batch sizes and
 #    lengths, rankings, recall;
 # 4. indexes a gallery of images and captions and searches it by text, by image and with ITM re-ranking;
 # 5. proves the serving side needs no torch: the same search in a fresh process where `import torch` fails.
@@ -31,9 +31,9 @@ import sys
 import numpy as np
 from _common import FAST, banner, out_dir, plt, save_figure
 
-from rebalance_cli.options import set_threads
+from rebalance_ref.threads import set_threads
 from rebalance_torch.config import TrainConfig
-from rebalance_torch.train import train
+from rebalance_torch.trainer import train
 
 set_threads(1)
 OUT = out_dir("07_export_and_search")
@@ -66,7 +66,7 @@ print(f"stage 1: {summary['timings']['stage1']:.1f} s; best checkpoint in {RUN.n
 
 # %%
 banner("2. export")
-from exports.export import export_bundle  # noqa: E402
+from exports.exporter.export import export_bundle  # noqa: E402
 
 export_bundle(RUN, BUNDLE)
 manifest = json.loads((BUNDLE / "manifest.json").read_text())
@@ -89,7 +89,7 @@ print(f"embedding dim {manifest['model']['embed_dim']}, image size {manifest['mo
 
 # %%
 banner("3. verify")
-from exports.verify import verify_run_bundle  # noqa: E402
+from exports.exporter.verify import verify_run_bundle  # noqa: E402
 
 report = verify_run_bundle(BUNDLE, RUN)
 print(report.table())
@@ -105,7 +105,7 @@ assert report.ok, "the bundle disagrees with the torch student"
 
 # %%
 banner("4. search")
-from exports.runtime import Retriever, format_hits, index_split  # noqa: E402
+from exports.serving.runtime import Retriever, format_hits, index_split  # noqa: E402
 from rebalance_ref.metrics import retrieval_recall  # noqa: E402
 from rebalance_ref.shapes import make_splits  # noqa: E402
 
@@ -179,7 +179,7 @@ banner("5. torch-free")
 SERVE = f"""
 import json, sys
 sys.modules["torch"] = None  # from here on, `import torch` raises ImportError
-from exports.runtime import Retriever
+from exports.serving.runtime import Retriever
 retriever = Retriever.load({str(BUNDLE)!r}, threads=1)
 hits = retriever.search_text({QUERY!r}, k=5, modality="image")
 print(json.dumps([[hit.row, hit.score] for hit in hits]))

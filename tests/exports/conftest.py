@@ -28,7 +28,7 @@ def student_and_tokenizer(world):
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory, student_and_tokenizer):
     """Path of a pristine bundle; tests that change a bundle work on a copy (`bundle`)."""
-    from exports.export import export_student
+    from exports.exporter.export import export_student
 
     student, tokenizer = student_and_tokenizer
     return export_student(student, tokenizer, tmp_path_factory.mktemp("export") / "bundle",

@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from exports import export as export_module
-from exports.export import EXPORT_BATCH, OPSET, export_student
-from exports.manifest import FORMAT, FORMAT_VERSION, sha256_file
-from exports.verify import BATCH_SIZES, TOLERANCES, text_lengths, verify_bundle
+from exports.exporter import export as export_module
+from exports.exporter.export import EXPORT_BATCH, OPSET, export_student
+from exports.exporter.verify import BATCH_SIZES, TOLERANCES, text_lengths, verify_bundle
+from exports.serving.manifest import FORMAT, FORMAT_VERSION, sha256_file
 from tests.exports.conftest import MAX_LEN
 
 
@@ -87,8 +87,8 @@ def test_bad_export_options_are_named(tmp_path, student_and_tokenizer, kwargs, m
 
 
 def test_export_and_search_serves_a_run_folder(tmp_path, student_and_tokenizer, world):
-    from exports.export import export_and_search
-    from exports.runtime import Retriever
+    from exports.exporter.export import export_and_search
+    from exports.serving.runtime import Retriever
     from rebalance_torch import checkpoint as ckpt
     from rebalance_torch.config import TrainConfig
 
@@ -111,7 +111,7 @@ def test_export_and_search_serves_a_run_folder(tmp_path, student_and_tokenizer, 
 def test_ranks_within_ties_accepts_near_ties_and_refuses_real_changes():
     import numpy as np
 
-    from exports.verify import RANK_TIE, ranks_within_ties
+    from exports.exporter.verify import RANK_TIE, ranks_within_ties
 
     txt2img = np.array([0, 0, 1, 1])
     torch_sims = np.array([[0.9, 0.5, 0.9 + RANK_TIE / 4, 0.1], [0.2, 0.3, 0.8, 0.7]], np.float32)

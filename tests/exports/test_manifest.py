@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from exports.manifest import BundleError, read_manifest, write_manifest
-from exports.runtime import Retriever
+from exports.serving.manifest import BundleError, read_manifest, write_manifest
+from exports.serving.runtime import Retriever
 
 
 def _edit_manifest(bundle, change):

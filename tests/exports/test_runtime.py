@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exports.gallery import Gallery
-from exports.manifest import BundleError
-from exports.runtime import Retriever, format_hits, index_split
-from exports.verify import RANK_TIE, TOLERANCES
+from exports.exporter.verify import RANK_TIE, TOLERANCES
+from exports.serving.gallery import Gallery
+from exports.serving.manifest import BundleError
+from exports.serving.runtime import Retriever, format_hits, index_split
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -100,7 +100,7 @@ TORCH_FREE = textwrap.dedent("""
     sys.meta_path.insert(0, NoTorch())
     sys.modules.pop("torch", None)
     import numpy as np
-    from exports.runtime import Retriever
+    from exports.serving.runtime import Retriever
 
     retriever = Retriever.load(sys.argv[1], threads=1)
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)

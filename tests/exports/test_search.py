@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from exports.search import ExactIndex, block_rows, exact_topk, faiss_available
+from exports.serving.search import ExactIndex, block_rows, exact_topk, faiss_available
 
 
 def _stable_topk(queries, gallery, k):
@@ -77,12 +77,12 @@ def test_block_rows_bounds_memory():
 def test_faiss_backend_agrees_when_installed():
     if not faiss_available():
         # Without faiss the backend must refuse with a clear message rather than fail later.
-        from exports.search import FaissFlatIndex
+        from exports.serving.search import FaissFlatIndex
 
         with pytest.raises(ValueError, match="faiss"):
             FaissFlatIndex(np.zeros((4, 3), np.float32))
         return
-    from exports.search import FaissFlatIndex
+    from exports.serving.search import FaissFlatIndex
 
     rng = np.random.default_rng(0)
     gallery = rng.standard_normal((500, 16)).astype(np.float32)

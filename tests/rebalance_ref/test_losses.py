@@ -6,13 +6,13 @@ import pytest
 from scipy.stats import wasserstein_distance
 
 from rebalance_ref import losses
+from rebalance_ref.checks import DISTANCES
 from rebalance_ref.gradcheck import gradient_errors
 from rebalance_ref.relations import cosine_relation, fuse_teachers, offdiag
 from rebalance_ref.tolerances import FD_REL_TOL, IDENTITY_RTOL, KINKED_FD_STEP, ORACLE_RTOL
 from tests.rebalance_ref.test_distances import kink_free, pair_kink_gap, wasserstein_kink_gap
 
 BATCHES = (2, 3, 7, 16)
-DISTANCES = ("mae", "mse", "cumsum_l1", "wasserstein")
 
 
 # --- inputs -----------------------------------------------------------------------------------------------------------
@@ -246,7 +246,7 @@ def test_structure_terms_gradients(distance):
         assert max(errors.values()) < FD_REL_TOL, (term, errors)
 
 
-# --- the facts of DESIGN section 2 ------------------------------------------------------------------------------------
+# --- the facts of docs/design.md §2 ------------------------------------------------------------------------------
 
 
 def test_kdi_plus_kdt_is_constant_for_lam_in_unit_interval_with_mae():

@@ -6,7 +6,9 @@ import torch
 from rebalance_ref.tokenizer import Tokenizer
 from rebalance_torch import checkpoint as ckpt
 from rebalance_torch.config import TrainConfig
-from rebalance_torch.train import Objective, _state, build_student, make_optimizer
+from rebalance_torch.objective import Objective
+from rebalance_torch.prepare import build_student
+from rebalance_torch.step import make_optimizer
 
 CAPTIONS = ["a red circle left of a blue square", "a small green triangle", "two shapes"]
 
@@ -17,7 +19,7 @@ def _run_folder(tmp_path, config=None):
     tokenizer = Tokenizer.build(CAPTIONS, max_len=config.max_len)
     student = build_student(config, tokenizer)
     optimizer = make_optimizer([student], config)
-    state = _state(config, student, None, optimizer, 1, 7, {"score": 1.0, "step": 7}, {"cos_r_mean": 1.0})
+    state = ckpt.training_state(config, student, None, optimizer, 1, 7, {"score": 1.0, "step": 7}, {"cos_r_mean": 1.0})
     ckpt.save_checkpoint(state, ckpt.checkpoint_path(tmp_path, 1, "best"))
     tokenizer.save(tmp_path / "tokenizer.json")
     return config, student, tokenizer

@@ -6,16 +6,8 @@ from rebalance_ref.images import to_model_input
 from rebalance_ref.shapes import make_world
 from rebalance_ref.text import words
 from rebalance_ref.tokenizer import Tokenizer
-from rebalance_torch.data import (
-    MILD,
-    Augment,
-    Batch,
-    PairDataset,
-    augment_images,
-    image_batches,
-    make_loader,
-    text_batches,
-)
+from rebalance_torch.data import MILD, Augment, Batch, Collate, PairDataset, augment_images, image_batches, text_batches
+from rebalance_torch.schedule import batch_rows
 
 
 @pytest.fixture(scope="module")
@@ -41,30 +33,34 @@ def test_items_follow_pairs_order(world, tokenizer):
         ds[30]
 
 
-def test_collate_pads_to_longest_in_batch_and_loader_is_seeded(world, tokenizer):
-    batches = list(make_loader(world, tokenizer, batch_size=8, seed=3))
-    assert sum(len(b.row_idx) for b in batches) == 30
-    b = batches[0]
+def _collate(world, tokenizer, rows, augment=None):
+    dataset = PairDataset(world, tokenizer)
+    return Collate(augment)([dataset[int(r)] for r in rows])
+
+
+def test_collate_pads_to_longest_in_batch_and_batch_rows_are_seeded(world, tokenizer):
+    rows = batch_rows(3, 1, 0, 30, 8)
+    b = _collate(world, tokenizer, rows)
     assert isinstance(b, Batch) and b.images.shape == (8, 3, 32, 32) and b.images.dtype == torch.float32
     assert b.ids.dtype == torch.int64 and b.mask.dtype == torch.int64
     lengths = b.mask.sum(1)
     assert b.ids.shape[1] == int(lengths.max()) <= 12
     assert torch.all(b.ids[b.mask == 0] == 0) and torch.all(b.ids[:, 0] == tokenizer.cls_id)
     idx, _ = world.pairs()
-    assert b.image_idx.tolist() == idx[b.row_idx.numpy()].tolist()
-    again = list(make_loader(world, tokenizer, batch_size=8, seed=3))
-    assert all(torch.equal(x.row_idx, y.row_idx) for x, y in zip(batches, again, strict=True))
-    other = list(make_loader(world, tokenizer, batch_size=8, seed=4))
-    assert not all(torch.equal(x.row_idx, y.row_idx) for x, y in zip(batches, other, strict=True))
-    ordered = next(iter(make_loader(world, tokenizer, batch_size=5, shuffle=False)))
-    assert ordered.row_idx.tolist() == [0, 1, 2, 3, 4]
+    assert b.image_idx.tolist() == idx[b.row_idx.numpy()].tolist() and b.row_idx.tolist() == rows.tolist()
+    epoch = torch.cat([batch_rows(3, 1, step, 30, 8) for step in range(3)])  # 3 full batches of 30 rows
+    assert len(set(epoch.tolist())) == 24  # an epoch walks a permutation: no row twice
+    assert torch.equal(batch_rows(3, 1, 0, 30, 8), rows) and not torch.equal(batch_rows(4, 1, 0, 30, 8), rows)
 
 
 def test_augmentation_off_by_default_and_seeded_when_on(world, tokenizer):
-    plain = next(iter(make_loader(world, tokenizer, batch_size=30, shuffle=False)))
+    every = torch.arange(30)
+    plain = _collate(world, tokenizer, every)
     torch.testing.assert_close(plain.images, torch.from_numpy(to_model_input(world.images[world.pairs()[0]])))
-    aug1 = next(iter(make_loader(world, tokenizer, batch_size=30, shuffle=False, augment=MILD, seed=1)))
-    aug2 = next(iter(make_loader(world, tokenizer, batch_size=30, shuffle=False, augment=MILD, seed=1)))
+    torch.manual_seed(1)
+    aug1 = _collate(world, tokenizer, every, MILD)
+    torch.manual_seed(1)
+    aug2 = _collate(world, tokenizer, every, MILD)
     torch.testing.assert_close(aug1.images, aug2.images)
     assert not torch.equal(aug1.images, plain.images)
     assert aug1.images.min() >= 0 and aug1.images.max() <= 1
@@ -89,9 +85,7 @@ def test_bad_arguments(world, tokenizer):
     with pytest.raises(ValueError, match="noise"):
         Augment(noise=-0.1)
     with pytest.raises(ValueError, match="tokenizer"):
-        make_loader(world, None)
-    with pytest.raises(ValueError, match="batch_size"):
-        make_loader(world, tokenizer, batch_size=0)
+        PairDataset(world, None)
     with pytest.raises(ValueError, match="data"):
         PairDataset(world.images, tokenizer)
 

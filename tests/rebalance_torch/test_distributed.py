@@ -22,7 +22,9 @@ from rebalance_torch.config import OFFICIAL_WEIGHTS, TrainConfig
 from rebalance_torch.distributed import DistContext, choose_backend, from_environment
 from rebalance_torch.evaluate import encode_split
 from rebalance_torch.models import ModelConfig, Student
-from rebalance_torch.train import Objective, compute_losses, read_metrics, train
+from rebalance_torch.objective import Objective, as_numbers, compute_losses
+from rebalance_torch.runlog import read_metrics
+from rebalance_torch.trainer import train
 
 WORLD = 2
 TIMEOUT_S = 300  # a torchrun launch that takes longer is killed (launcher and workers) and the test fails
@@ -98,21 +100,22 @@ def _equivalence(ctx) -> dict:
         generator = torch.Generator().manual_seed(_itm_seed(config, ctx.rank))
         loss, terms = step(*_batch(ctx.rows(len(IDX))), itm_generator=generator)
         loss.backward()
-        results[name] = {"terms": terms, "grads": _grads(student, objective)}
+        results[name] = {"terms": as_numbers(terms, ctx), "grads": _grads(student, objective)}
     return results
 
 
 def _torchrun_main(out_dir: str, run_dir: str) -> None:
     """What each of the two processes runs (`python -m torch.distributed.run --nproc_per_node=2 -m
     tests.rebalance_torch.test_distributed OUT RUN`): the equivalence cases on its half of the batch, saved to
-    OUT/rank{r}.pt, then `python -m rebalance_torch.train --out RUN --resume` (one launch keeps the test short)."""
-    from rebalance_torch.train import main
+    OUT/rank{r}.pt, then `python -m rebalance train --out RUN --resume` (one launch keeps the test short)."""
+    from rebalance.cli.main import cli
 
     torch.set_num_threads(1)
     ctx = from_environment("cpu", "gloo", timeout_s=TIMEOUT_S)
     try:
         torch.save(_equivalence(ctx), Path(out_dir) / f"rank{ctx.rank}.pt")
-        main(["--out", run_dir, "--resume", "--threads", "1", "--json"])  # exits (SystemExit) when done
+        cli.main(["train", "--out", run_dir, "--resume", "--threads", "1", "--json"], prog_name="rebalance")
+        # (exits with SystemExit when done)
     finally:
         ctx.close()
 
@@ -133,7 +136,7 @@ def _reference(config: TrainConfig):
         terms["itm"] = sum(h[1]["itm"] for h in halves) / WORLD
         terms["loss"] += sum(h[1]["loss"] for h in halves) / WORLD
     total.backward()
-    return terms, _grads(student, objective)
+    return as_numbers(terms), _grads(student, objective)
 
 
 def _quiet(_message):

@@ -4,6 +4,7 @@ import torch
 
 from rebalance_ref.dataset import CaptionedImages
 from rebalance_ref.shapes import make_splits
+from rebalance_torch import teacher_features as TF
 from rebalance_torch import teachers as T
 from rebalance_torch.evaluate import single_modal_ndcg, split_relevance
 
@@ -22,7 +23,7 @@ def test_features_have_the_documented_shapes_and_row_order(splits, result):
     train, val, test = splits["train"], splits["val"], splits["test"]
     idx, flat = train.pairs()
     f = result.features
-    assert set(f) == set(T.FEATURE_FILES)
+    assert set(f) == set(TF.FEATURE_FILES)
     d = T.TEACHER_WIDTH
     assert f["train_image"].shape == (len(flat), d) and f["train_text"].shape == (len(flat), d)
     assert f["val_image"].shape == (len(val), d) and f["val_text"].shape == (len(val.pairs()[1]), d)
@@ -114,8 +115,8 @@ def test_save_writes_files_that_load_back(tmp_path, splits, result):
     out = result.save(tmp_path / "teachers")
     n_rows = len(splits["train"].pairs()[1])
     for key in ("train_image", "train_text"):
-        np.testing.assert_array_equal(T.load_teacher_features(out / f"{key}.npy", n_rows), result.features[key])
-    assert (out / T.REPORT_FILE).is_file() and (out / "image_teacher.pt").is_file()
+        np.testing.assert_array_equal(TF.load_teacher_features(out / f"{key}.npy", n_rows), result.features[key])
+    assert (out / TF.REPORT_FILE).is_file() and (out / "image_teacher.pt").is_file()
     state = torch.load(out / "text_teacher.pt", weights_only=True)
     assert set(state) == set(result.text_teacher.state_dict())
 
@@ -123,7 +124,7 @@ def test_save_writes_files_that_load_back(tmp_path, splits, result):
 def test_user_features_with_wrong_shape_dtype_or_values_are_refused(tmp_path):
     good = np.ones((6, 4), dtype=np.float64)
     np.save(tmp_path / "good.npy", good)
-    loaded = T.load_teacher_features(tmp_path / "good.npy", 6)
+    loaded = TF.load_teacher_features(tmp_path / "good.npy", 6)
     assert loaded.dtype == np.float32 and loaded.shape == (6, 4)
     cases = {
         "rows.npy": (np.ones((5, 4)), r"\(6, d\)"),
@@ -134,13 +135,13 @@ def test_user_features_with_wrong_shape_dtype_or_values_are_refused(tmp_path):
     for name, (array, message) in cases.items():
         np.save(tmp_path / name, array)
         with pytest.raises(ValueError, match=message) as info:
-            T.load_teacher_features(tmp_path / name, 6)
+            TF.load_teacher_features(tmp_path / name, 6)
         assert name in str(info.value)
     with pytest.raises(ValueError, match="no such file"):
-        T.load_teacher_features(tmp_path / "missing.npy", 6)
+        TF.load_teacher_features(tmp_path / "missing.npy", 6)
     (tmp_path / "junk.npy").write_bytes(b"not an array")
     with pytest.raises(ValueError, match="readable"):
-        T.load_teacher_features(tmp_path / "junk.npy", 6)
+        TF.load_teacher_features(tmp_path / "junk.npy", 6)
 
 
 def test_bad_arguments_raise_clear_errors(splits):

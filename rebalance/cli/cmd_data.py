@@ -1,0 +1,113 @@
+"""`rebalance data make` (write a shapes-world data folder) and `rebalance data show` (a PNG grid of scenes)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import click
+
+from rebalance.cli.options import json_option, seed_option, set_threads, threads_option
+
+
+@click.group()
+def data() -> None:
+    """Make and inspect image-caption data folders (Karpathy-style JSON + PNGs)."""
+
+
+def _preset_names() -> list[str]:
+    from rebalance_ref.shapes import PRESETS
+
+    return sorted(PRESETS)
+
+
+@data.command()
+@click.option("--preset", type=click.Choice(_preset_names()), default="text-poor", show_default=True,
+              help="Imbalance preset of the shapes world (see docs/data.md).")
+@click.option("--n-train", type=click.IntRange(min=1), default=2000, show_default=True, help="Training images.")
+@click.option("--n-val", type=click.IntRange(min=1), default=300, show_default=True, help="Validation images.")
+@click.option("--n-test", type=click.IntRange(min=1), default=500, show_default=True, help="Test images.")
+@seed_option
+@click.option("--size", type=click.IntRange(min=12), default=32, show_default=True, help="Image side in pixels.")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder to write (must be empty or absent unless --force).")
+@click.option("--force", is_flag=True, help="Write into a non-empty folder (files of the same name are replaced).")
+@threads_option
+@json_option
+def make(preset: str, n_train: int, n_val: int, n_test: int, seed: int, size: int, out: Path, force: bool,
+         threads: int, as_json: bool) -> None:
+    """Write a shapes-world data folder: images/, train.json, val.json, test.json, metadata.json."""
+    set_threads(threads)
+    from rebalance_ref.karpathy import write_dataset
+    from rebalance_ref.shapes import PRESETS, make_splits
+
+    if seed < 0:
+        raise click.BadParameter(f"must be >= 0, got {seed}", param_hint="--seed")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise click.UsageError(f"--out {out} is not empty; pass --force to write into it anyway")
+    splits = make_splits(preset, n_train, n_val, n_test, seed=seed, size=size)
+    extra = {"generator": "shapes", "preset": preset, "knobs": PRESETS[preset].to_dict(), "seed": seed,
+             "size": size}
+    write_dataset(out, splits, extra=extra)
+    summary = {"out": str(out), "preset": preset, "seed": seed, "size": size,
+               **{f"n_{s}": len(d) for s, d in splits.items()},
+               "n_train_captions": sum(map(len, splits["train"].captions))}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(f"wrote {out}: {n_train} train / {n_val} val / {n_test} test scenes at {size}x{size}, "
+                   f"preset {preset}, seed {seed}")
+
+
+@data.command()
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--n", "n", type=click.IntRange(min=1), default=16, show_default=True, help="Scenes to show.")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="PNG to write.")
+@click.option("--size", type=click.IntRange(min=8), default=None,
+              help="Resize images to this side (default: as recorded, or 64 for folders without metadata).")
+@threads_option
+def show(data_dir: Path, split: str, n: int, out: Path, size: int | None, threads: int) -> None:
+    """Write a PNG grid of scenes with their captions (and canonical description, when known)."""
+    set_threads(threads)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rebalance_ref.karpathy import DataError, read_dataset
+
+    try:
+        has_meta = (data_dir / "metadata.json").is_file()
+        loaded = read_dataset(data_dir, image_size=size if size or has_meta else 64, splits=(split,),
+                              expect_captions=None)
+    except DataError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if split not in loaded:
+        raise click.UsageError(f"{data_dir} has no {split} split")
+    ds = loaded[split].subset(range(min(n, len(loaded[split]))))
+    cols = min(4, len(ds))
+    rows = -(-len(ds) // cols)
+    # each scene: the image above, its captions below (canonical first, marked "=")
+    fig, axes = plt.subplots(2 * rows, cols, figsize=(3.2 * cols, 5.0 * rows), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 2] * rows})
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(len(ds)):
+        image_ax, text_ax = axes[2 * (i // cols), i % cols], axes[2 * (i // cols) + 1, i % cols]
+        image_ax.imshow(ds.images[i], interpolation="nearest")
+        image_ax.set_title(ds.names[i], fontsize=7)
+        lines = [] if ds.canonical is None else ["= " + ds.canonical[i]]
+        lines += [f"{j + 1}. {c}" for j, c in enumerate(ds.captions[i])]
+        text = "\n".join(textwrap.fill(line, 46, subsequent_indent="   ") for line in lines)
+        text_ax.text(0.0, 1.0, text, transform=text_ax.transAxes, fontsize=5.5, va="top", ha="left",
+                     family="monospace")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    click.echo(f"wrote {out} ({len(ds)} {split} scenes from {data_dir})")
+
+
+COMMANDS = [data]

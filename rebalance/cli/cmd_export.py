@@ -1,0 +1,122 @@
+"""`rebalance export`, `rebalance index`, `rebalance search`: bundle a trained student and serve it.
+
+`export` needs torch (it reads the run's checkpoint); `index` and `search` run on numpy + onnxruntime alone,
+so a bundle copied to a machine without torch can be indexed and searched there.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from rebalance.cli.options import json_option, set_threads, threads_option
+
+
+def _fail(error: Exception) -> click.ClickException:
+    return click.ClickException(str(error))
+
+
+@click.command("export")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="Training run folder.")
+@click.option("--out", "out", required=True, type=click.Path(), help="Bundle folder to write (replaced if a bundle).")
+@click.option("--which", default="best", show_default=True, help="Checkpoint: best, last, stage1-best, ...")
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
+              help="torch.onnx exporter (dynamo=False or True); see docs/export.md.")
+@click.option("--opset", type=click.IntRange(min=17), default=17, show_default=True, help="ONNX opset.")
+@click.option("--verify", "verify", is_flag=True, help="Check the bundle against torch; exit 1 if it fails.")
+@threads_option
+@json_option
+def export(run_dir: str, out: str, which: str, exporter: str, opset: int, verify: bool, threads: int,
+           as_json: bool) -> None:
+    """Export a run's student to an ONNX bundle (image/text encoders, ITM scorer, tokenizer, manifest)."""
+    set_threads(threads)
+    from exports.exporter.export import export_bundle
+    from exports.exporter.verify import verify_run_bundle
+
+    try:
+        bundle = export_bundle(run_dir, out, which=which, exporter=exporter, opset=opset)
+        report = verify_run_bundle(bundle, run_dir, which=which, threads=threads) if verify else None
+    except (ValueError, FileNotFoundError) as error:
+        raise _fail(error) from None
+    if as_json:
+        click.echo(json.dumps({"bundle": str(bundle), "verify": report.to_dict() if report else None}, indent=2))
+    else:
+        click.echo(f"bundle written to {bundle}")
+        if report is not None:
+            click.echo(report.table())
+    if report is not None and not report.ok:
+        sys.exit(1)
+
+
+@click.command("index")
+@click.option("--bundle", "bundle", required=True, type=click.Path(file_okay=False), help="Bundle folder.")
+@click.option("--data", "data", required=True, type=click.Path(file_okay=False),
+              help="Data folder (Karpathy-style JSON + images, e.g. from `rebalance data make`).")
+@click.option("--split", default="test", show_default=True, help="Split of the data folder to index.")
+@click.option("--what", type=click.Choice(["both", "images", "captions"]), default="both", show_default=True,
+              help="Gallery items: images, captions, or both (mixed retrieval).")
+@click.option("--pixels/--no-pixels", default=True, show_default=True,
+              help="Keep the images' pixels in the bundle (needed to re-rank image candidates).")
+@threads_option
+@json_option
+def index(bundle: str, data: str, split: str, what: str, pixels: bool, threads: int, as_json: bool) -> None:
+    """Embed a dataset split into the bundle's gallery (numpy + onnxruntime only)."""
+    set_threads(threads)
+    from exports.serving.runtime import Retriever, index_split
+    from rebalance_ref.karpathy import read_dataset
+
+    try:
+        retriever = Retriever.load(bundle, threads=threads, load_gallery=False)
+        splits = read_dataset(data, image_size=retriever.image_size, splits=(split,), expect_captions=None)
+        gallery = index_split(retriever, splits[split], what=what, keep_pixels=pixels)
+        retriever.save_gallery()
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        raise _fail(error) from None
+    summary = {"bundle": bundle, "images": gallery.n_images, "captions": gallery.n_captions,
+               "pixels": gallery.pixels is not None}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(f"indexed {gallery.n_images} images and {gallery.n_captions} captions into {bundle}")
+
+
+@click.command("search")
+@click.option("--bundle", "bundle", required=True, type=click.Path(file_okay=False), help="Bundle folder.")
+@click.option("--text", "text", default=None, help="Query text.")
+@click.option("--image", "image", default=None, type=click.Path(dir_okay=False), help="Query image file.")
+@click.option("--k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="Results to return.")
+@click.option("--modality", type=click.Choice(["all", "image", "text"]), default=None,
+              help="Gallery items to search [default: all; with --rerank, the other modality].")
+@click.option("--rerank", is_flag=True, help="Re-score the top candidates with the ITM head.")
+@click.option("--rerank-k", type=click.IntRange(min=1), default=None,
+              help="Candidates to re-score [default: the run's k_test].")
+@click.option("--backend", type=click.Choice(["numpy", "faiss"]), default="numpy", show_default=True,
+              help="Exact search backend (faiss needs the faiss package).")
+@threads_option
+@json_option
+def search(bundle: str, text: str | None, image: str | None, k: int, modality: str | None, rerank: bool,
+           rerank_k: int | None, backend: str, threads: int, as_json: bool) -> None:
+    """Search the bundle's gallery with a text or an image (numpy + onnxruntime only)."""
+    if (text is None) == (image is None):
+        raise click.UsageError("give exactly one of --text or --image")
+    set_threads(threads)
+    from exports.serving.runtime import Retriever, format_hits
+
+    try:
+        retriever = Retriever.load(bundle, threads=threads, backend=backend)
+        options = {"k": k, "modality": modality, "rerank": rerank, "rerank_k": rerank_k}
+        hits = retriever.search_text(text, **options) if text is not None else retriever.search_image(image, **options)
+    except (ValueError, FileNotFoundError) as error:
+        raise _fail(error) from None
+    query = {"text": text} if text is not None else {"image": image}
+    if as_json:
+        click.echo(json.dumps({"query": query, "k": k, "rerank": rerank, "hits": [h.to_dict() for h in hits]},
+                              indent=2))
+    else:
+        click.echo(f"query: {text if text is not None else image}")
+        click.echo(format_hits(hits))
+
+
+COMMANDS = [export, index, search]

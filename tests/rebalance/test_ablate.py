@@ -1,0 +1,71 @@
+import json
+import os
+
+import pytest
+import torch
+
+from rebalance.ablate import CONDITIONS, _pipeline, paired_table, run_ablation, table_markdown
+from rebalance_torch.config import BASELINE_WEIGHTS, OFFICIAL_WEIGHTS
+from tests.rebalance_torch.test_train import TINY
+
+
+def test_paired_differences_are_taken_seed_by_seed():
+    results = {"baseline": {0: {"cos_r_mean": 10.0, "attr_i2i@10": 50.0}, 1: {"cos_r_mean": 20.0, "attr_i2i@10": 40.0}},
+               "full": {0: {"cos_r_mean": 11.0, "attr_i2i@10": 55.0}, 1: {"cos_r_mean": 23.0, "attr_i2i@10": 41.0}}}
+    table = paired_table(results)
+    assert table["baseline"]["cos_r_mean"] == (15.0, pytest.approx(7.0710678))
+    mean, std = table["diff"]["full"]["cos_r_mean"]
+    assert mean == 2.0 and std == pytest.approx(1.4142136)  # unpaired spread would be ~8.5
+    assert table["diff"]["full"]["attr_i2i@10"][0] == 3.0
+    md = table_markdown(table)
+    assert "| full − baseline | +2.00 ± 1.41 | +3.00 ± 2.83 |" in md
+    assert "| baseline (absolute) | 15.00 ± 7.07 | 45.00 ± 7.07 |" in md
+
+
+def test_the_conditions_cover_the_paper_ablation():
+    assert CONDITIONS["baseline"]["weights"] == BASELINE_WEIGHTS
+    assert CONDITIONS["full"]["weights"] == OFFICIAL_WEIGHTS
+    assert CONDITIONS["full, KD on [v,t]"]["student_relation"] == "projected"
+    assert set(CONDITIONS["+IIC,TTC"]["weights"]) == {"itc", "itm", "iic", "ttc"}
+    assert set(CONDITIONS["+KD"]["weights"]) == {"itc", "itm", "kd", "kdi", "kdt"}
+
+
+def test_every_condition_of_a_seed_starts_from_the_same_stage1(tmp_path):
+    torch.set_num_threads(1)
+    conditions = {"baseline": CONDITIONS["baseline"], "full": CONDITIONS["full"]}
+    lines = []
+    record = run_ablation("balanced", seeds=2, jobs=1, out=tmp_path, base=TINY, conditions=conditions,
+                          log=lines.append)
+    assert set(record["results"]) == {"baseline", "full"} and set(record["results"]["full"]) == {0, 1}
+    for seed in (0, 1):
+        stage1 = tmp_path / f"seed{seed}" / "checkpoints" / "stage1-best.pt"
+        for name in ("baseline", "full"):
+            log = (tmp_path / f"seed{seed}" / name / "log.txt").read_text()
+            assert f"stage 2: starting from {stage1}" in log
+            config = json.loads((tmp_path / f"seed{seed}" / name / "config.json").read_text())
+            assert config["seed"] == seed and config["preset"] == "balanced"
+    assert (tmp_path / "ablation.md").is_file() and (tmp_path / "plots" / "ablation.png").is_file()
+    saved = json.loads((tmp_path / "ablation.json").read_text())
+    assert saved["table"]["diff"]["full"]["cos_r_mean"][0] == pytest.approx(
+        record["table"]["diff"]["full"]["cos_r_mean"][0])
+    # A second call reuses every finished condition instead of training again.
+    again = run_ablation("balanced", seeds=2, jobs=1, out=tmp_path, base=TINY, conditions=conditions,
+                         log=lines.append)
+    assert json.loads(json.dumps(again["table"])) == json.loads(json.dumps(record["table"]))
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="baseline"):
+        run_ablation("balanced", seeds=1, out=tmp_path, base=TINY, conditions={"full": CONDITIONS["full"]})
+    with pytest.raises(ValueError, match="preset"):
+        run_ablation("no-such-preset", seeds=1, out=tmp_path, base=TINY)
+    with pytest.raises(ValueError, match="seeds"):
+        run_ablation("balanced", seeds=0, out=tmp_path, base=TINY)
+
+
+def test_conditions_follow_their_seed_stage1_in_spawned_processes():
+    stage1 = {0: (os.getpid,), 1: None}  # seed 1's stage 1 was done earlier
+    conditions = {0: [(("a", 0), (os.getpid,)), (("b", 0), (os.getpid,))], 1: [(("a", 1), (os.getpid,))]}
+    pids = _pipeline(stage1, conditions, jobs=2, log=print)
+    assert set(pids) == {("a", 0), ("b", 0), ("a", 1)} and os.getpid() not in pids.values()
+    assert set(_pipeline(stage1, conditions, jobs=1, log=print).values()) == {os.getpid()}

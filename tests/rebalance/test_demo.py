@@ -1,0 +1,54 @@
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from rebalance.cli.main import cli
+from rebalance.demo import FAST, demo_config, summarise
+from rebalance_torch.checkpoint import load_student
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("demo") / "run"
+    result = CliRunner().invoke(cli, ["demo", "--fast", "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out, result.stdout
+
+
+def test_demo_fast_runs_end_to_end_into_one_folder(demo):
+    out, stdout = demo
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["rows"]) == ["stage 1 (ITC+ITM)", "stage 2 baseline (ITC+ITM)", "stage 2 full objective"]
+    for row in results["rows"].values():
+        assert 0 <= row["cos_r_mean"] <= 100 and 0 <= row["attr_i2i@10"] <= 100
+    diff = results["full_minus_baseline"]
+    full, base = results["rows"]["stage 2 full objective"], results["rows"]["stage 2 baseline (ITC+ITM)"]
+    assert diff["attr_i2i@10"] == pytest.approx(full["attr_i2i@10"] - base["attr_i2i@10"])
+    assert set(results["phases_s"]) >= {"data", "teachers", "stage1", "stage2 baseline", "stage2 full", "eval",
+                                        "total"}
+    assert results["config"] == demo_config(fast=True).to_dict()
+    for name in ("results.md", "report.md", "plots/full_vs_baseline.png", "plots/traces.png", "plots/relations.png",
+                 "teacher_check.json", "baseline/eval.json", "teachers/report.json", "bundle/manifest.json"):
+        assert (out / name).is_file(), name
+    assert "| stage 2 full objective |" in stdout and "Full vs baseline:" in stdout
+    search = results["search"]  # the exported bundle answered one query through onnxruntime
+    assert len(search["hits"]) == 5 and search["query"] in stdout
+
+
+def test_the_demo_folder_loads_as_the_full_run_and_its_baseline(demo):
+    out, _ = demo
+    student, config, tokenizer = load_student(out)
+    assert config.weights["kd"] == 2.0 and config.n_train == FAST["n_train"]
+    _, baseline_config, _ = load_student(out / "baseline")
+    assert baseline_config.weights == {"itc": 1.0, "itm": 2.0}
+    assert tokenizer.vocab_size == student.config.vocab_size
+
+
+def test_summary_names_each_claim():
+    text = summarise({"cos_r_mean": -2.0, "itm_r_mean": 0.1, "attr_i2i@10": 3.0, "attr_t2t@10": 0.2,
+                      "attr_i2it@10": -1.0, "attr_t2it@10": 0.0})
+    assert "cross-modal R-mean down (-2.00" in text and "I2I NDCG@10 up (+3.00" in text
+    assert "T2T NDCG@10 about the same" in text and "I2IT NDCG@10 down" in text

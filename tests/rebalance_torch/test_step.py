@@ -1,0 +1,111 @@
+"""One training step: the function every trainer calls, and the reads from the device it makes (none on a step
+that does not log, once the first step of a stage has checked the inputs)."""
+
+import functools
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from rebalance_ref.shapes import make_world
+from rebalance_ref.tokenizer import Tokenizer
+from rebalance_torch import input_checks
+from rebalance_torch.config import BASELINE_WEIGHTS, TrainConfig
+from rebalance_torch.data import Collate, PairDataset
+from rebalance_torch.objective import as_numbers, build_objective, compute_losses
+from rebalance_torch.prepare import build_student
+from rebalance_torch.schedule import batch_rows
+from rebalance_torch.step import make_optimizer, train_step
+
+SMALL_MODEL = {"vision_width": 32, "text_width": 32, "embed_dim": 16, "heads": 2, "vision_depth": 1,
+               "text_depth": 1}
+# The ways a tensor's value reaches Python: each waits for the device to finish what is queued.
+READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+@pytest.fixture(scope="module")
+def batch_and_tokenizer():
+    world = make_world(16, "text-poor", seed=0)
+    tokenizer = Tokenizer.build(world.pairs()[1], max_len=16)
+    dataset = PairDataset(world, tokenizer)
+    return Collate()([dataset[int(r)] for r in batch_rows(0, 2, 0, len(dataset), 8)]), tokenizer
+
+
+def _step(config, batch, tokenizer, stage):
+    torch.manual_seed(0)
+    student = build_student(config, tokenizer)
+    objective = build_objective(student, config, 6, 5) if stage == 2 else None
+    optimizer = make_optimizer([student] + ([objective] if objective is not None else []), config)
+    rng = np.random.default_rng(0)
+    a = torch.from_numpy(rng.standard_normal((8, 6), dtype=np.float32))
+    b = torch.from_numpy(rng.standard_normal((8, 5), dtype=np.float32))
+    step_losses = functools.partial(compute_losses, student, objective, config, stage)
+    return lambda: train_step(step_losses, optimizer, student, config, batch, config.lr, a, b), student
+
+
+def _count_reads(monkeypatch, run) -> list[str]:
+    """Run `run()` and return the tensor reads it made, outside torch.optim (whose step counters live on the host
+    by design: AdamW keeps them as CPU scalars unless `capturable`)."""
+    calls = []
+    for name in READS:
+        original = getattr(torch.Tensor, name)
+
+        def wrapped(self, *args, _original=original, _name=name, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if "torch/optim" not in caller.replace("\\", "/"):
+                calls.append(f"{_name} from {caller}")
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapped)
+    run()
+    monkeypatch.undo()
+    return calls
+
+
+@pytest.mark.parametrize("stage, weights, relation", [(1, None, "fused"), (2, None, "fused"),
+                                                       (2, None, "projected"), (2, BASELINE_WEIGHTS, "fused")])
+def test_a_step_that_does_not_log_reads_nothing_back_from_the_device(monkeypatch, batch_and_tokenizer, stage,
+                                                                     weights, relation):
+    batch, tokenizer = batch_and_tokenizer
+    config = TrainConfig(model_overrides=SMALL_MODEL, batch_size=8, student_relation=relation,
+                         **({"weights": dict(weights)} if weights else {}))
+    step, _ = _step(config, batch, tokenizer, stage)
+    step()  # warm-up, and the checked first step of a stage
+    with input_checks.skipped():
+        calls = _count_reads(monkeypatch, step)
+    assert len(calls) <= 1, calls
+
+
+def test_the_counter_sees_the_input_checks_and_the_logged_numbers(monkeypatch, batch_and_tokenizer):
+    batch, tokenizer = batch_and_tokenizer
+    step, _ = _step(TrainConfig(model_overrides=SMALL_MODEL, batch_size=8), batch, tokenizer, 2)
+    assert len(_count_reads(monkeypatch, step)) > 5  # checked inputs read values: the counter is not blind
+    with input_checks.skipped():
+        terms = step()
+    numbers = as_numbers(terms)
+    assert set(numbers) >= {"loss", "itc", "itm", "iic", "ttc", "kd", "kdi", "kdt", "tau", "lam", "tau2"}
+    assert all(isinstance(x, float) and np.isfinite(x) for x in numbers.values())
+
+
+def test_checked_and_unchecked_steps_compute_the_same(batch_and_tokenizer):
+    batch, tokenizer = batch_and_tokenizer
+    config = TrainConfig(model_overrides=SMALL_MODEL, batch_size=8)
+    checked_step, checked_student = _step(config, batch, tokenizer, 2)
+    unchecked_step, unchecked_student = _step(config, batch, tokenizer, 2)
+    torch.manual_seed(1)
+    first = as_numbers(checked_step())
+    torch.manual_seed(1)
+    with input_checks.skipped():
+        second = as_numbers(unchecked_step())
+    assert first == second
+    for p, q in zip(checked_student.parameters(), unchecked_student.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_tau_is_clamped_after_the_update(batch_and_tokenizer):
+    batch, tokenizer = batch_and_tokenizer
+    config = TrainConfig(model_overrides=SMALL_MODEL, batch_size=8, lr=0.5, tau_clamp=[0.06, 0.065])
+    step, student = _step(config, batch, tokenizer, 1)
+    step()
+    assert 0.06 <= float(student.temp.detach()) <= 0.065
