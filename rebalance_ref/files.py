@@ -126,9 +126,9 @@ def path_inside(folder: str | Path, name, where: str, what: str = "path") -> Pat
     if not isinstance(name, str) or not name.strip():
         raise DataError(f"{where}: {what} must be a non-empty relative path (a string), got {name!r}")
     if "\0" in name or os.path.isabs(name) or Path(name).is_absolute():
-        raise DataError(f"{where}: {what} {name!r} must be a relative path inside {folder}")
+        raise DataError(f"{where}: {what} {name!r} escapes {folder}: expected a relative path inside it")
     root = Path(folder).resolve()
     target = (root / name).resolve()
     if target != root and root not in target.parents:
-        raise DataError(f"{where}: {what} {name!r} leads outside {folder} (to {target})")
+        raise DataError(f"{where}: {what} {name!r} escapes {folder} (it leads to {target})")
     return target
