@@ -141,8 +141,8 @@ def read_split(json_path: str | Path, image_root: str | Path, split: str, image_
             images[i] = load_image(path, image_size)
         except FileNotFoundError as exc:
             raise DataError(f"{where}: image file not found: {path}") from exc
-        except ValueError as exc:
-            raise DataError(f"{where}: unreadable image {path}: {exc}") from exc
+        except ValueError as exc:  # load_image's message starts with the path
+            raise DataError(f"{where}: {exc}") from exc
     return CaptionedImages(images=images, captions=captions, names=names)
 
 

@@ -1,6 +1,4 @@
-import struct
 import warnings
-import zlib
 
 import numpy as np
 import pytest
@@ -58,20 +56,9 @@ def test_load_image_errors_name_the_file(tmp_path):
 # --- hostile files: huge headers, wide samples, every mode ----------------------------------------------------
 
 
-def _png_claiming(path, width, height):
-    """A tiny 1 x 1 PNG whose header (IHDR) is rewritten to claim width x height pixels."""
-    Image.new("L", (1, 1), 0).save(path)
-    data = bytearray(path.read_bytes())
-    ihdr = 8 + 8  # signature, then the chunk's length and type
-    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
-    data[ihdr + 13:ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4:ihdr + 13])))
-    path.write_bytes(bytes(data))
-    return path
-
-
 @pytest.mark.parametrize("side", [30000, 8500])  # past Pillow's own guard; between ours and Pillow's warning
-def test_decompression_bomb_is_refused_before_decoding(tmp_path, side):
-    bomb = _png_claiming(tmp_path / "bomb.png", side, side)
+def test_decompression_bomb_is_refused_before_decoding(tmp_path, side, png_claiming):
+    bomb = png_claiming(tmp_path / "bomb.png", side, side)
     assert bomb.stat().st_size < 100
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no Pillow warning leaks out either
@@ -79,9 +66,9 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path, side):
             load_image(bomb, 8)
 
 
-def test_an_image_just_inside_the_pixel_limit_is_not_refused_by_its_header(tmp_path):
+def test_an_image_just_inside_the_pixel_limit_is_not_refused_by_its_header(tmp_path, png_claiming):
     # 8000 x 8000 = the limit: the header passes, decoding then finds the pixel data missing (a read error).
-    fake = _png_claiming(tmp_path / "big.png", 8000, MAX_IMAGE_PIXELS // 8000)
+    fake = png_claiming(tmp_path / "big.png", 8000, MAX_IMAGE_PIXELS // 8000)
     with pytest.raises(DataError, match="big.png: cannot read image"):
         load_image(fake, 8)
 

@@ -104,7 +104,7 @@ def test_malformed_json_and_unreadable_image(tmp_path):
         read_split(path, root, "test", 8)
     (root / "broken.png").write_bytes(b"not an image")
     path.write_text(json.dumps([{"image": "broken.png", "caption": FIVE}]))
-    with pytest.raises(DataError, match=r"ann.json row 0: unreadable image .*broken.png"):
+    with pytest.raises(DataError, match=r"ann.json row 0: \S*broken.png: cannot read image"):
         read_split(path, root, "test", 8)
 
 
@@ -186,6 +186,13 @@ def test_data_folder_cannot_name_files_outside_itself(folder, tmp_path, path, va
     data = _copy_with_metadata(folder, tmp_path, _set(path, value))
     with pytest.raises(DataError, match=what):
         read_dataset(data, splits=("test",))
+
+
+def test_an_image_bomb_in_a_data_folder_is_one_error_naming_row_and_file(tmp_path, png_claiming):
+    path, root = _fixture(tmp_path, [{"image": "bomb.png", "caption": FIVE}])
+    png_claiming(root / "bomb.png", 30000, 30000)
+    with pytest.raises(DataError, match=r"ann.json row 0: \S*bomb.png: image header claims more pixels"):
+        read_split(path, root, "test", 8)
 
 
 def test_symlinks_leading_out_of_the_data_folder_are_refused(folder, tmp_path):
