@@ -3,14 +3,26 @@
 `to_model_input` is the one conversion into model input; per-channel normalisation happens inside the image
 tower (so the ONNX graph holds it too). Files are read with Pillow; any size and mode becomes RGB uint8,
 resized (stretched, as CLIP/ALBEF-style retrieval pipelines do) to a square of the model's resolution.
+
+Reading an image file is guarded: its header's pixel count is checked against `limits.MAX_IMAGE_PIXELS`
+before any pixel is decoded, and every problem (unreadable, truncated, too large, unsupported mode) raises
+DataError naming the file. `to_rgb8` is the one conversion of a Pillow image of any mode to 8-bit RGB.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from rebalance_ref.files import DataError
+from rebalance_ref.limits import MAX_IMAGE_PIXELS, MAX_IMAGE_SIZE, bounded_int
+
+# Modes whose samples are wider than 8 bits, with the sample range they nominally span: 16-bit files (PNG, TIFF)
+# open as "I;16*" (or as "I" in older Pillow), float TIFFs as "F" with samples conventionally in [0, 1].
+_WIDE_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
 
 
 def to_model_input(images_uint8: np.ndarray) -> np.ndarray:
@@ -24,9 +36,31 @@ def to_model_input(images_uint8: np.ndarray) -> np.ndarray:
 
 
 def _check_size(size: int) -> int:
-    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
-    return int(size)
+    return bounded_int(size, "image size", 1, MAX_IMAGE_SIZE)
+
+
+def to_rgb8(im: Image.Image, source: str = "image") -> np.ndarray:
+    """A Pillow image of any mode as uint8 (H, W, 3): the one conversion, so no mode is clipped or misread.
+
+    8-bit modes (1, L, P, PA, LA, RGB, RGBA, CMYK, YCbCr, LAB, HSV, ...) go through Pillow's own conversion;
+    alpha is dropped, as CLIP/ALBEF-style pipelines do. Wider samples (16-bit integers, 32-bit integers, floats)
+    are scaled, not clipped: the mode's nominal range (0..65535, or 0..1 for floats), widened to cover the
+    image's own minimum and maximum when they fall outside it, maps linearly onto 0..255. Non-finite float
+    samples and modes Pillow cannot convert raise DataError naming `source`.
+    """
+    if im.mode in _WIDE_MODES:
+        samples = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(samples).all():
+            raise DataError(f"{source}: mode {im.mode} image holds NaN or infinite samples")
+        low = min(0.0, float(samples.min()))
+        high = max(_WIDE_MODES[im.mode], float(samples.max()))
+        gray = np.rint((samples - low) * (255.0 / (high - low))).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    try:
+        rgb = im.convert("RGB")
+    except ValueError as exc:
+        raise DataError(f"{source}: image mode {im.mode} cannot be converted to RGB ({exc})") from exc
+    return np.asarray(rgb, dtype=np.uint8)
 
 
 def resize_to(image: np.ndarray, size: int) -> np.ndarray:
@@ -42,18 +76,29 @@ def resize_to(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_image(path: str | Path, size: int) -> np.ndarray:
-    """Read an image file of any size and mode (L, P, RGBA, CMYK, ...) as RGB uint8 (size, size, 3).
+    """Read an image file of any size and mode (see `to_rgb8`) as RGB uint8 (size, size, 3).
 
-    Raises FileNotFoundError for a missing file and ValueError naming the path for an unreadable one.
+    The header's width x height is checked against MAX_IMAGE_PIXELS before decoding. Raises FileNotFoundError
+    for a missing file and DataError (a ValueError) naming the path for an unreadable, truncated or too large one.
     """
     size = _check_size(size)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:
-        with Image.open(path) as im:
-            im.load()
-            rgb = im.convert("RGB")
+        with warnings.catch_warnings():
+            # Pillow warns from about 89 million pixels; the lower limit below refuses such files anyway.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:  # reads the header only
+                width, height = im.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise DataError(f"{path}: image header claims {width} x {height} pixels, more than the limit "
+                                    f"of {MAX_IMAGE_PIXELS:,} (refused before decoding)")
+                im.load()
+                image = to_rgb8(im, source=str(path))
+    except Image.DecompressionBombError as exc:  # Pillow's own guard, from about 179 million pixels, fires first
+        raise DataError(f"{path}: image header claims more pixels than the limit of {MAX_IMAGE_PIXELS:,} "
+                        f"(refused before decoding; Pillow: {exc})") from exc
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
-    return resize_to(np.asarray(rgb, dtype=np.uint8), size)
+        raise DataError(f"{path}: cannot read image: {exc}") from exc
+    return resize_to(image, size)

@@ -13,17 +13,23 @@ A data folder (what `rebalance data make` writes, and what `read_dataset` reads)
 are accepted in any split; rows are grouped into images by `image_id` when every row has one, else by `image`,
 in first-seen order, each image's captions in row order.
 
-Every problem raises `DataError` (a ValueError) naming the file and the row: malformed JSON, a row without an
-image or caption, an empty caption, an image path that escapes the image root, a missing or unreadable image,
-and too few captions. Too few captions on val/test is an error by default (`on_short="error"`): the evaluation
-assumes exactly `expect_captions` per image, and silently dropping images would change the test set and make
-figures incomparable. `on_short="skip"` drops such images with a warning naming them. Extra captions beyond
-`expect_captions` are cut, as the official code does for COCO's few 6-caption images (a warning counts them).
+Every problem raises `DataError` (a ValueError) naming the file and the row or field: malformed JSON, a field
+of the wrong type, a row without an image or caption, an empty caption, a missing or unreadable image, an image
+size outside 1..`limits.MAX_IMAGE_SIZE` (checked before the split's array is allocated), and too few captions.
+Every path a data folder names stays inside it: the image root and each split's JSON inside the data folder,
+each image inside the image root, after resolving symlinks (`files.path_inside`); an absolute path, a `..`
+that climbs out or a symlink that points out is refused, so a data folder cannot make the reader open any
+other file on disk. Images kept elsewhere (a symlinked `images/` included) are read by passing their folder
+explicitly, as the caller's own choice: `read_dataset(..., image_root=...)` or `read_split`.
+
+Too few captions on val/test is an error by default (`on_short="error"`): the evaluation assumes exactly
+`expect_captions` per image, and silently dropping images would change the test set and make figures incomparable.
+`on_short="skip"` drops such images with a warning naming them. Extra captions beyond `expect_captions` are cut,
+as the official code does for COCO's few 6-caption images (a warning counts them).
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -31,8 +37,9 @@ import numpy as np
 from PIL import Image
 
 from rebalance_ref.dataset import CaptionedImages
-from rebalance_ref.files import read_json, write_json_atomic
+from rebalance_ref.files import DataError, atomic_path, path_inside, read_json, write_json_atomic
 from rebalance_ref.images import load_image
+from rebalance_ref.limits import MAX_IMAGE_SIZE, bounded_int
 
 FORMAT = "rebalance-data"
 FORMAT_VERSION = 1
@@ -40,22 +47,15 @@ SPLITS = ("train", "val", "test")
 IMAGE_ROOT = "images"
 
 
-class DataError(ValueError):
-    """Bad data on disk; the message names the file (and row) at fault."""
+__all__ = ["DataError", "read_dataset", "read_metadata", "read_split", "write_dataset"]  # DataError: files.py
 
 
 def _load_json(path: Path):
     return read_json(path, error=DataError, missing=DataError)
 
 
-def _resolve(root: Path, name: str, where: str) -> Path:
-    """The file of image `name` under `root`; an absolute path or one leading outside the root is an error."""
-    if not isinstance(name, str) or not name.strip():
-        raise DataError(f"{where}: 'image' must be a non-empty relative path, got {name!r}")
-    rel = os.path.normpath(name)  # lexical: symlinks the user placed under the root are followed, not judged
-    if os.path.isabs(rel) or Path(name).is_absolute() or rel == ".." or rel.startswith(".." + os.sep):
-        raise DataError(f"{where}: image path {name!r} escapes the image root {root}")
-    return root / rel
+def _image_size(value, where: str) -> int:
+    return bounded_int(value, where, 1, MAX_IMAGE_SIZE)
 
 
 def _captions_of(row: dict, where: str) -> list[str]:
@@ -87,6 +87,7 @@ def read_split(json_path: str | Path, image_root: str | Path, split: str, image_
         raise ValueError(f"on_short must be 'error' or 'skip', got {on_short!r}")
     if expect_captions is not None and (not isinstance(expect_captions, int) or expect_captions < 1):
         raise ValueError(f"expect_captions must be None or an int >= 1, got {expect_captions!r}")
+    image_size = _image_size(image_size, "image size")
     if not image_root.is_dir():
         raise DataError(f"image root {image_root} is not a directory")
     rows = _load_json(json_path)
@@ -117,7 +118,7 @@ def read_split(json_path: str | Path, image_root: str | Path, split: str, image_
                 message = (f"{json_path} row {k}: image {name!r} has {len(caps)} captions, "
                            f"expected {expect_captions}")
                 if on_short == "error":
-                    raise DataError(message + " (pass on_short='skip' to drop such images)")
+                    raise DataError(message + " (complete the captions, or read with short images skipped)")
                 short.append(message)
                 continue
             n_cut += len(caps) > expect_captions
@@ -135,13 +136,13 @@ def read_split(json_path: str | Path, image_root: str | Path, split: str, image_
     images = np.empty((len(names), image_size, image_size, 3), dtype=np.uint8)
     for i, (name, k) in enumerate(zip(names, first_rows, strict=True)):
         where = f"{json_path} row {k}"
-        path = _resolve(image_root, name, where)
+        path = path_inside(image_root, name, where, "image path")
         try:
             images[i] = load_image(path, image_size)
         except FileNotFoundError as exc:
             raise DataError(f"{where}: image file not found: {path}") from exc
-        except ValueError as exc:
-            raise DataError(f"{where}: unreadable image {path}: {exc}") from exc
+        except ValueError as exc:  # load_image's message starts with the path
+            raise DataError(f"{where}: {exc}") from exc
     return CaptionedImages(images=images, captions=captions, names=names)
 
 
@@ -165,9 +166,10 @@ def write_dataset(out_dir: str | Path, splits: dict[str, CaptionedImages], extra
         if not isinstance(data, CaptionedImages):
             raise ValueError(f"splits[{split!r}] must be a CaptionedImages, got {type(data).__name__}")
         for i, name in enumerate(data.names):
-            path = _resolve(root, name, f"splits[{split!r}].names[{i}]")
+            path = path_inside(root, name, f"splits[{split!r}].names[{i}]", "image path")
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(data.images[i], mode="RGB").save(path, format="PNG")
+            with atomic_path(path) as tmp:
+                Image.fromarray(data.images[i], mode="RGB").save(tmp, format="PNG")
         if split == "train":
             rows = [{"image": name, "caption": cap, "image_id": i}
                     for i, (name, caps) in enumerate(zip(data.names, data.captions, strict=True)) for cap in caps]
@@ -188,7 +190,8 @@ def write_dataset(out_dir: str | Path, splits: dict[str, CaptionedImages], extra
 
 
 def read_metadata(data_dir: str | Path) -> dict:
-    """The metadata of a data folder written by `write_dataset` (DataError if absent or of another format)."""
+    """The metadata of a data folder written by `write_dataset`, its structure checked: DataError naming the
+    field if absent, of another format, or with a field of the wrong type or out of range."""
     path = Path(data_dir) / "metadata.json"
     meta = _load_json(path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -196,23 +199,61 @@ def read_metadata(data_dir: str | Path) -> dict:
     if meta.get("version") != FORMAT_VERSION:
         raise DataError(f"{path}: data format version {meta.get('version')!r}, this rebalance reads "
                         f"{FORMAT_VERSION}")
-    if not isinstance(meta.get("splits"), dict):
-        raise DataError(f"{path}: 'splits' must be an object")
+    _check_entries(meta, path)
     return meta
 
 
+def _check_entries(meta: dict, path: Path) -> None:
+    """Raise DataError naming the field unless every field the reader uses has the type it expects."""
+    root = meta.get("image_root", IMAGE_ROOT)
+    if not isinstance(root, str):
+        raise DataError(f"{path}: 'image_root' must be a relative folder path (a string), got {root!r:.60}")
+    if not isinstance(meta.get("splits"), dict):
+        raise DataError(f"{path}: 'splits' must be an object with keys among {list(SPLITS)}")
+    for split, entry in meta["splits"].items():
+        field = f"{path}: splits.{split}"
+        if not isinstance(entry, dict):
+            raise DataError(f"{field} must be an object with a 'json' file name, got {entry!r:.60}")
+        if not isinstance(entry.get("json"), str):
+            raise DataError(f"{field}.json must be a file name (a string), got {entry.get('json')!r:.60}")
+        if "image_size" in entry:
+            size = entry["image_size"]
+            if (not isinstance(size, list) or len(size) != 2 or size[0] != size[1]
+                    or isinstance(size[0], bool) or not isinstance(size[0], int)):
+                raise DataError(f"{field}.image_size must be [side, side] (square images), got {size!r:.60}")
+            _image_size(size[0], f"{field}.image_size")
+        scenes = entry.get("scenes")
+        if scenes is not None:
+            if not isinstance(scenes, list):
+                raise DataError(f"{field}.scenes must be a list of objects, got {type(scenes).__name__}")
+            for i, scene in enumerate(scenes):
+                if not isinstance(scene, dict) or not isinstance(scene.get("image"), str):
+                    raise DataError(f"{field}.scenes[{i}] must be an object with an 'image' name, got "
+                                    f"{scene!r:.60}")
+
+
 def read_dataset(data_dir: str | Path, image_size: int | None = None, splits: tuple[str, ...] = SPLITS,
-                 expect_captions: int | None = 5, on_short: str = "error") -> dict[str, CaptionedImages]:
+                 expect_captions: int | None = 5, on_short: str = "error",
+                 image_root: str | Path | None = None) -> dict[str, CaptionedImages]:
     """Read the splits of a data folder (with or without metadata.json; without it, `images/` and
-    `<split>.json` are looked for). `image_size` None: the size recorded in the metadata."""
+    `<split>.json` are looked for). `image_size` None: the size recorded in the metadata. `image_root` None: the
+    folder the metadata names, which must lie inside `data_dir`; a path given here is the caller's choice and is
+    used as it is (images elsewhere on disk, e.g. a shared Flickr30K download)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"data folder {data_dir} does not exist")
-    if (data_dir / "metadata.json").is_file():
+    meta_path = data_dir / "metadata.json"
+    if meta_path.is_file():
         meta = read_metadata(data_dir)
     else:
         meta = {"image_root": IMAGE_ROOT,
                 "splits": {s: {"json": f"{s}.json"} for s in SPLITS if (data_dir / f"{s}.json").is_file()}}
+    if image_size is not None:
+        image_size = _image_size(image_size, "image size")
+    if image_root is not None:
+        root = Path(image_root)
+    else:
+        root = path_inside(data_dir, meta.get("image_root", IMAGE_ROOT), str(meta_path), "image_root")
     out = {}
     for split in splits:
         entry = meta["splits"].get(split)
@@ -221,18 +262,18 @@ def read_dataset(data_dir: str | Path, image_size: int | None = None, splits: tu
         size = image_size
         if size is None:
             if "image_size" not in entry:
-                raise ValueError(f"image_size must be given: {data_dir} records no image size for {split}")
-            size = int(entry["image_size"][0])
-        data = read_split(data_dir / entry["json"], data_dir / meta.get("image_root", IMAGE_ROOT), split, size,
-                          expect_captions=expect_captions, on_short=on_short)
+                raise DataError(f"{data_dir} records no image size for the {split} split: give one")
+            size = entry["image_size"][0]
+        json_path = path_inside(data_dir, entry["json"], f"{meta_path}: splits.{split}", "json")
+        data = read_split(json_path, root, split, size, expect_captions=expect_captions, on_short=on_short)
         scenes = entry.get("scenes")
         if scenes is not None:
             by_name = {s["image"]: s for s in scenes}
             missing = [n for n in data.names if n not in by_name]
             if missing:
-                raise DataError(f"{data_dir / 'metadata.json'}: no scene metadata for {split} image {missing[0]!r}")
-            attributes = [by_name[n]["attributes"] for n in data.names]
-            canonical = [by_name[n]["canonical"] for n in data.names]
+                raise DataError(f"{meta_path}: splits.{split}.scenes has no entry for image {missing[0]!r}")
+            attributes = [by_name[n].get("attributes") for n in data.names]
+            canonical = [by_name[n].get("canonical") for n in data.names]
             data = CaptionedImages(images=data.images, captions=data.captions, names=data.names,
                                    attributes=None if any(a is None for a in attributes) else attributes,
                                    canonical=None if any(c is None for c in canonical) else canonical)

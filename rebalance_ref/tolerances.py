@@ -46,3 +46,9 @@ ORACLE_RTOL = 1e-10
 
 # Two float64 computations of a quantity that is mathematically exactly equal (e.g. KDI + KDT across lambda).
 IDENTITY_RTOL = 1e-12
+
+# --- checks of data for meaning (rebalance_ref.features) -----------------------------------------------------------
+
+# Largest entry-wise difference between unit-length rows that still counts as "the same direction": a few float32
+# rounding steps of an entry in [-1, 1]. Relations computed in float32 cannot tell such rows apart.
+SAME_DIRECTION_ATOL = 1e-6

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -35,7 +36,7 @@ def test_write_then_read_round_trips_bytes_and_metadata(folder):
 
 def test_reads_a_folder_without_metadata(tmp_path, folder):
     out, splits = folder
-    (tmp_path / "images").symlink_to(out / "images")
+    shutil.copytree(out / "images", tmp_path / "images")
     (tmp_path / "test.json").write_text((out / "test.json").read_text())
     back = read_dataset(tmp_path, image_size=32)
     assert set(back) == {"test"} and back["test"].attributes is None
@@ -79,7 +80,7 @@ def test_extra_captions_are_cut_with_a_warning(tmp_path):
         ([{"image": "a.jpg", "caption": ["one", "", "three", "four", "five"]}], r"row 0: caption 1 is empty"),
         ([{"image": "a.jpg", "caption": FIVE}, {"image": "missing.png", "caption": FIVE}],
          r"row 1: image file not found"),
-        ([{"image": "../a.jpg", "caption": FIVE}], r"row 0: image path '../a.jpg' escapes the image root"),
+        ([{"image": "../a.jpg", "caption": FIVE}], r"row 0: image path '../a.jpg' escapes .*imgs \(it leads to"),
         ([{"image": "/etc/passwd", "caption": FIVE}], r"row 0: image path '/etc/passwd' escapes"),
         ([{"image": "a.jpg", "caption": FIVE}, {"image": "sub/b.png", "caption": FIVE[:3]}],
          r"row 1: image 'sub/b.png' has 3 captions, expected 5"),
@@ -103,7 +104,7 @@ def test_malformed_json_and_unreadable_image(tmp_path):
         read_split(path, root, "test", 8)
     (root / "broken.png").write_bytes(b"not an image")
     path.write_text(json.dumps([{"image": "broken.png", "caption": FIVE}]))
-    with pytest.raises(DataError, match=r"ann.json row 0: unreadable image .*broken.png"):
+    with pytest.raises(DataError, match=r"ann.json row 0: \S*broken.png: cannot read image"):
         read_split(path, root, "test", 8)
 
 
@@ -123,3 +124,105 @@ def test_bad_metadata_is_named(tmp_path):
         read_dataset(tmp_path)
     with pytest.raises(DataError, match="does not exist"):
         read_dataset(tmp_path / "nope")
+
+
+# --- hostile data folders: wrong types, huge sizes, paths leading out ------------------------------------------
+
+
+def _copy_with_metadata(folder, tmp_path, change):
+    """A copy of the module's data folder whose metadata.json is edited by `change(meta)`."""
+    out, _ = folder
+    dst = tmp_path / "data"
+    shutil.copytree(out, dst)
+    meta = json.loads((dst / "metadata.json").read_text())
+    change(meta)
+    (dst / "metadata.json").write_text(json.dumps(meta))
+    return dst
+
+
+def _set(path, value):
+    def change(meta):
+        *parents, last = path
+        node = meta
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return change
+
+
+@pytest.mark.parametrize(("path", "value", "message"), [
+    (("splits", "test"), "test.json", r"splits.test must be an object with a 'json' file name, got 'test.json'"),
+    (("image_root",), 7, r"'image_root' must be a relative folder path \(a string\), got 7"),
+    (("splits", "test", "json"), 3, r"splits.test.json must be a file name \(a string\), got 3"),
+    (("splits", "test", "scenes"), ["a", "b"], r"splits.test.scenes\[0\] must be an object with an 'image' name"),
+    (("splits", "test", "scenes"), "abc", r"splits.test.scenes must be a list of objects, got str"),
+    (("splits", "test", "image_size"), "big", r"splits.test.image_size must be \[side, side\].*got 'big'"),
+    (("splits", "test", "image_size"), [100000, 100000], r"splits.test.image_size must be a whole number from 1 "
+                                                           r"to 1024, got 100000"),
+    (("splits",), ["test"], r"'splits' must be an object"),
+])
+def test_malformed_metadata_fields_are_named_not_a_type_error(folder, tmp_path, path, value, message):
+    data = _copy_with_metadata(folder, tmp_path, _set(path, value))
+    with pytest.raises(DataError, match=message) as info:
+        read_dataset(data, splits=("test",))
+    assert "metadata.json" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_image_size_above_the_limit_is_refused_before_allocating(folder):
+    out, _ = folder
+    with pytest.raises(DataError, match="image size must be a whole number from 1 to 1024, got 100000"):
+        read_dataset(out, image_size=100000)
+    with pytest.raises(DataError, match="got 'big'"):
+        read_split(out / "test.json", out / "images", "test", "big")
+
+
+@pytest.mark.parametrize(("path", "value", "what"), [
+    (("image_root",), "..", "image_root '..' escapes"),
+    (("image_root",), "/etc", "image_root '/etc' escapes"),
+    (("splits", "test", "json"), "../../../../../../../../etc/passwd", "json '../../.*passwd' escapes"),
+    (("splits", "test", "json"), "/etc/passwd", "json '/etc/passwd' escapes"),
+])
+def test_data_folder_cannot_name_files_outside_itself(folder, tmp_path, path, value, what):
+    data = _copy_with_metadata(folder, tmp_path, _set(path, value))
+    with pytest.raises(DataError, match=what):
+        read_dataset(data, splits=("test",))
+
+
+def test_an_image_bomb_in_a_data_folder_is_one_error_naming_row_and_file(tmp_path, png_claiming):
+    path, root = _fixture(tmp_path, [{"image": "bomb.png", "caption": FIVE}])
+    png_claiming(root / "bomb.png", 30000, 30000)
+    with pytest.raises(DataError, match=r"ann.json row 0: \S*bomb.png: image header claims more pixels"):
+        read_split(path, root, "test", 8)
+
+
+def test_symlinks_leading_out_of_the_data_folder_are_refused(folder, tmp_path):
+    out, splits = folder
+    data = _copy_with_metadata(folder, tmp_path, lambda meta: None)
+    name = splits["test"].names[0]
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(secret)
+    (data / "images" / name).unlink()
+    (data / "images" / name).symlink_to(secret)
+    with pytest.raises(DataError, match=f"image path '{name}' escapes .*secret.png"):
+        read_dataset(data, splits=("test",))
+    # a symlinked image root too; the caller may still point at a root of its choice explicitly
+    shutil.rmtree(data / "images")
+    (data / "images").symlink_to(out / "images")
+    with pytest.raises(DataError, match="image_root 'images' escapes"):
+        read_dataset(data, splits=("test",))
+    back = read_dataset(data, splits=("test",), image_root=out / "images")
+    assert back["test"].images.tobytes() == splits["test"].images.tobytes()
+
+
+def test_image_files_are_written_atomically(tmp_path, monkeypatch):
+    splits = make_splits("text-poor", 2, 1, 1, seed=1)
+    real_save = Image.Image.save
+
+    def dying_save(self, fp, *args, **kwargs):
+        real_save(self, fp, *args, **kwargs)
+        raise OSError("disk full")  # the PNG is complete but the writer dies before finishing
+
+    monkeypatch.setattr(Image.Image, "save", dying_save)
+    with pytest.raises(OSError, match="disk full"):
+        write_dataset(tmp_path / "d", splits)
+    assert [p for p in (tmp_path / "d" / "images").rglob("*") if p.is_file()] == []  # nothing, no temporary

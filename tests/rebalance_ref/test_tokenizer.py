@@ -3,6 +3,8 @@ import json
 import numpy as np
 import pytest
 
+from rebalance_ref.files import DataError
+from rebalance_ref.limits import MAX_TOKENS, MAX_VOCAB_SIZE
 from rebalance_ref.tokenizer import Tokenizer
 
 TEXTS = ["A red circle.", "a blue square left of a red circle", "the red ring"]
@@ -71,3 +73,41 @@ def test_importable_without_torch():
 
     code = "import sys, rebalance_ref.tokenizer; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unknown_words_are_named_once_in_order():
+    tok = Tokenizer.build(TEXTS + ["un café noir"])
+    assert tok.unknown_words("A zebra, a café, another zebra") == ["zebra", "another"]
+    assert tok.encode(["café"])[0].tolist() == [[tok.cls_id, tok.index["café"]]]  # was [CLS] "caf" or [UNK]
+    assert tok.unknown_words("red circle") == []
+
+
+def test_check_query_refuses_empty_and_all_unknown_texts():
+    tok = Tokenizer.build(TEXTS)
+    with pytest.raises(DataError, match="query '...!' holds no word"):
+        tok.check_query("...!")
+    with pytest.raises(DataError, match=r"query 'кошка 猫': the vocabulary knows none of its words \('кошка', '猫'\)"):
+        tok.check_query("кошка 猫")
+    with pytest.raises(DataError, match="caption 3"):
+        tok.check_query("🐶", what="caption 3")
+    assert tok.check_query("a red zebra") == ["zebra"]
+
+
+def test_a_tokenizer_file_written_before_unicode_support_loads_and_encodes_ascii_alike(tmp_path):
+    old = tmp_path / "old.json"  # the exact layout of a version-1 file, ASCII words only
+    old.write_text(json.dumps({"format": "rebalance-tokenizer", "version": 1, "max_len": 8,
+                               "vocab": ["[PAD]", "[CLS]", "[UNK]", "a", "red", "circle", "2"]}))
+    tok = Tokenizer.load(old)
+    assert tok.encode(["A red-circle #2!"])[0].tolist() == [[1, 3, 4, 5, 6]]
+
+
+def test_vocabulary_and_length_limits_are_checked(tmp_path):
+    with pytest.raises(DataError, match=f"limit of {MAX_VOCAB_SIZE}"):
+        Tokenizer(["[PAD]", "[CLS]", "[UNK]"] + [f"w{i}" for i in range(MAX_VOCAB_SIZE)])
+    with pytest.raises(ValueError, match=f"from 1 to {MAX_TOKENS}"):
+        Tokenizer(["[PAD]", "[CLS]", "[UNK]"], max_len=MAX_TOKENS + 1)
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps({"format": "rebalance-tokenizer", "version": 1, "max_len": 8,
+                                  "vocab": ["[PAD]", "[CLS]", "[UNK]", "Red Circle"]}))
+    with pytest.raises(DataError, match="edited.json: 'vocab' entry 3 'Red Circle' is not one normalised word"):
+        Tokenizer.load(edited)
