@@ -22,6 +22,7 @@ from pathlib import Path
 from rebalance import plots
 from rebalance.demo import demo_config
 from rebalance.report import train_and_report
+from rebalance_ref.files import write_json_atomic, write_text_atomic
 from rebalance_ref.threads import set_threads
 from rebalance_torch.checkpoint import checkpoint_path
 from rebalance_torch.config import BASELINE_WEIGHTS, OFFICIAL_WEIGHTS, TrainConfig
@@ -191,9 +192,9 @@ def run_ablation(preset: str, seeds: int = 3, jobs: int = 2, out: str | Path | N
     record = {"preset": preset, "seeds": seeds, "jobs": jobs, "config": base.to_dict(),
               "conditions": {k: v for k, v in conditions.items()}, "results": results, "table": table,
               "seconds": {"total": elapsed}}
-    (out / "ablation.json").write_text(json.dumps(record, indent=2))
+    write_json_atomic(out / "ablation.json", record, indent=2)
     md = table_markdown(table)
-    (out / "ablation.md").write_text(f"# Ablation: {preset}, {seeds} seeds\n\n{md}\n\nWall time {elapsed:.0f} s "
+    write_text_atomic(out / "ablation.md", f"# Ablation: {preset}, {seeds} seeds\n\n{md}\n\nWall time {elapsed:.0f} s "
                                      f"with {jobs} process(es).\n\n![ablation](plots/ablation.png)\n")
     log(md)
     log(f"ablate {preset}: {elapsed:.0f} s")

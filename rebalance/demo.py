@@ -20,6 +20,7 @@ from pathlib import Path
 
 from rebalance import plots
 from rebalance.report import train_and_report
+from rebalance_ref.files import write_json_atomic, write_text_atomic
 from rebalance_torch.checkpoint import checkpoint_path
 from rebalance_torch.config import BASELINE_WEIGHTS, TrainConfig
 from rebalance_torch.evaluate import markdown_table
@@ -83,7 +84,7 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, seed: int = 0, d
     phases["total"] = time.perf_counter() - tic
     results = {"config": config.to_dict(), "rows": rows, "full_minus_baseline": diff, "teacher_check": check,
                "search": search, "phases_s": phases}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_json_atomic(out / "results.json", results, indent=2)
     table = markdown_table(rows)
     reading = summarise(diff)
     md = [f"# rebalance demo ({config.preset}, seed {config.seed}{', fast' if fast else ''})", "", table, "",
@@ -96,9 +97,9 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, seed: int = 0, d
           search.get("text", search.get("error", "")), "```", "",
           "![full vs baseline](plots/full_vs_baseline.png)", "![traces](plots/traces.png)",
           "![relations](plots/relations.png)", ""]
-    (out / "results.md").write_text("\n".join(md))
-    with open(out / "report.md", "a") as handle:
-        handle.write("\n# Demo summary\n\n" + "\n".join(md[2:]) + "\n")
+    write_text_atomic(out / "results.md", "\n".join(md))
+    report = (out / "report.md").read_text() if (out / "report.md").is_file() else ""
+    write_text_atomic(out / "report.md", report + "\n# Demo summary\n\n" + "\n".join(md[2:]) + "\n")
     return results
 
 

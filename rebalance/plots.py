@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rebalance_ref.files import atomic_path
 from rebalance_torch.config import LOSS_NAMES
 
 
@@ -22,7 +23,8 @@ def _save(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png")
     _pyplot().close(fig)
     return path
 

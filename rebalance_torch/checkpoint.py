@@ -24,6 +24,9 @@ from rebalance_torch.models import ModelConfig, Student
 
 FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
+# The types of the fields a reader may require (`require_fields`): a checkpoint missing one is refused by name.
+FIELD_TYPES = {"config": dict, "model_config": dict, "student": dict, "objective": dict, "optimizer": dict,
+               "stage": int, "step": int, "best": dict, "rng": dict}
 WHICH = ("best", "last", "stage1-best", "stage1-last", "stage2-best", "stage2-last")
 
 
@@ -57,6 +60,17 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"checkpoint {path}: expected a rebalance checkpoint of format {FORMAT_VERSION}, "
                          f"found format {found!r}")
+    return state
+
+
+def require_fields(state: dict, path: str | Path, *keys: str) -> dict:
+    """`state` itself, after checking that it holds `keys` with the types of `FIELD_TYPES` (a ValueError names
+    the file and the first missing or mistyped field)."""
+    for key in keys:
+        kind = FIELD_TYPES[key]
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            found = type(state[key]).__name__ if key in state else "nothing"
+            raise ValueError(f"checkpoint {path}: field {key!r} must be a {kind.__name__}, found {found}")
     return state
 
 
@@ -115,7 +129,8 @@ def load_student(run_dir: str | Path, which: str = "best", map_location: str = "
     `TrainConfig`, and its `Tokenizer`. `which`: "best" (validation-selected, latest stage), "last", or
     "stage1-best" / "stage2-last" etc."""
     path = resolve(run_dir, which)
-    state = load_checkpoint(path, map_location=map_location)
+    state = require_fields(load_checkpoint(path, map_location=map_location), path, "config", "model_config",
+                           "student")
     student = build_student(state["model_config"])
     load_weights(student, state, path, "its model config")
     tokenizer_file = Path(run_dir) / "tokenizer.json"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rebalance_ref.checks import DISTANCES
+from rebalance_ref.files import write_text_atomic
 
 LOSS_NAMES = ("itc", "itm", "iic", "ttc", "kd", "kdi", "kdt")
 TEACHER_TERMS = ("iic", "ttc", "kd", "kdi", "kdt")   # the terms that read teacher features (stage 2 only)
@@ -119,6 +120,13 @@ class TrainConfig:
     threads: int = 1
 
     def __post_init__(self) -> None:
+        for name in ("preset", "model"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a name (a string), got {getattr(self, name)!r}")
+        for name in ("data_dir", "teacher_dir"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value.strip()):
+                raise ValueError(f"{name} must be a folder path (a string) or null, got {value!r}")
         for name in ("n_train", "n_val", "n_test", "image_size", "max_len", "batch_size", "eval_every", "k_test",
                      "threads"):
             value = getattr(self, name)
@@ -211,7 +219,7 @@ class TrainConfig:
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n")
+        write_text_atomic(path, self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:

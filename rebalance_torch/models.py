@@ -27,9 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rebalance_ref.limits import MAX_IMAGE_SIZE, MAX_TOKENS, MAX_VOCAB_SIZE
+
 # CLIP's per-channel statistics, the official code's normalisation; a user may set their data's own.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# Ceilings of a student's widths and depths (image side, vocabulary and tokens: rebalance_ref.limits). BERT-large
+# is 1024 wide and 24 deep; a CPU-first student is far below both.
+MAX_WIDTH = 4096
+MAX_DEPTH = 48
 
 # Added to attention scores of padding keys: exp(-1e4) is exactly 0 in float32 and representable in float16.
 MASK_BIAS = -1.0e4
@@ -76,6 +83,13 @@ class ModelConfig:
         for name in ("vision_depth", "text_depth"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ModelConfig.{name} must be >= 0, got {getattr(self, name)}")
+        # ceilings checked before anything is allocated (a config read from a file may ask for terabytes)
+        for name, high in (("image_size", MAX_IMAGE_SIZE), ("vocab_size", MAX_VOCAB_SIZE), ("max_len", MAX_TOKENS),
+                           ("vision_width", MAX_WIDTH), ("text_width", MAX_WIDTH), ("embed_dim", MAX_WIDTH),
+                           ("vision_depth", MAX_DEPTH), ("text_depth", MAX_DEPTH), ("fusion_depth", MAX_DEPTH),
+                           ("mlp_ratio", 16), ("heads", MAX_WIDTH)):
+            if getattr(self, name) > high:
+                raise ValueError(f"ModelConfig.{name} must be at most {high:,}, got {getattr(self, name):,}")
         if self.patch_size < 2 or self.patch_size & (self.patch_size - 1):
             raise ValueError(f"ModelConfig.patch_size must be a power of 2 and >= 2, got {self.patch_size}")
         if self.image_size % self.patch_size:

@@ -124,10 +124,11 @@ def compute_losses(student: Student, objective: Objective | None, config: TrainC
     total = sum(w[k] * value for k, value in terms.items())
     logged = {k: value.detach() for k, value in terms.items()}
     logged["loss"] = total.detach()
-    logged["tau"] = tau.detach()
+    # the parameters as they were for this step's loss (clones: the optimiser updates the parameters in place)
+    logged["tau"] = tau.detach().clone()
     if stage == 2 and objective is not None:
-        logged["lam"] = objective.lam().detach()
-        logged["tau2"] = objective.tau2().detach()
+        logged["lam"] = objective.lam().detach().clone()
+        logged["tau2"] = objective.tau2().detach().clone()
     return total, logged
 
 

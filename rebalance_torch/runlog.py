@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from rebalance_ref.files import write_text_atomic
+from rebalance_ref.files import read_jsonl, write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -52,19 +52,10 @@ class SilentLog(RunLog):
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The rows of a run folder's `metrics.jsonl` (empty when there is none)."""
+    """The rows of a run folder's `metrics.jsonl` (empty when there is none). A torn last line — a run killed
+    mid-append — is dropped with a warning; the next `truncate` (every resume) rewrites the file without it."""
     path = Path(run_dir) / METRICS_FILE
-    rows = []
-    if not path.is_file():
-        return rows
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line:
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}, line {number}: not a JSON object ({err.msg})") from None
-    return rows
+    return read_jsonl(path) if path.is_file() else []
 
 
 class Progress:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rebalance_ref.features import check_teacher_features
 from rebalance_ref.files import read_json
 
 # Our file names, one per array a teacher run writes (`<key>.npy`).
@@ -48,7 +49,8 @@ def load_teacher_features(path: str | Path | np.ndarray, n_rows: int) -> np.ndar
 
     `n_rows` is what the data needs: the number of training captions (`len(data.pairs()[1])`) for train features,
     or the number of images / captions of a split. Raises ValueError naming the file for a missing or unreadable
-    file, a shape other than (n_rows, d), a non-numeric dtype, or NaN / inf values.
+    file, a shape other than (n_rows, d), a non-numeric dtype, NaN / inf values, or rows that cannot carry cosine
+    relations (`rebalance_ref.features.check_teacher_features`: all zero, overflowing or underflowing float32).
     """
     if isinstance(path, np.ndarray):
         array, where = path, "teacher features"
@@ -73,6 +75,7 @@ def load_teacher_features(path: str | Path | np.ndarray, n_rows: int) -> np.ndar
     if bad.any():
         row = int(np.argwhere(bad)[0, 0])
         raise ValueError(f"{where}: {int(bad.sum())} NaN/inf values (first in row {row})")
+    check_teacher_features(array, where)  # rows that can carry cosine relations: not zero, not over/underflowing
     return array
 
 

@@ -166,7 +166,7 @@ def train_stage(stage: int, config: TrainConfig, prepared: Prepared, run_dir: Pa
 
 def _load_into(student: Student, path: Path, config: TrainConfig, fields=None) -> dict:
     """Load a checkpoint's weights into `student`; its config must equal `config` (or agree on `fields`)."""
-    state = ckpt.load_checkpoint(path)
+    state = ckpt.require_fields(ckpt.load_checkpoint(path), path, "config", "student")
     if fields is None:
         ckpt.check_same_config(state, config, path)
     else:
@@ -213,7 +213,7 @@ def _begin_stage(stage: int, config: TrainConfig, prepared: Prepared, run_dir: P
     the stage-1 checkpoint (and run the teacher check). Returns {"done": True, ...} for a finished stage."""
     last = ckpt.checkpoint_path(run_dir, stage, "last")
     if resume and last.is_file():
-        state = _load_into(student, last, config)
+        state = ckpt.require_fields(_load_into(student, last, config), last, "step", "best", "optimizer", "rng")
         if int(state["step"]) >= (config.stage1_steps if stage == 1 else config.stage2_steps):
             runlog.echo(f"stage {stage}: already complete")
             return {"done": True, "best": state["best"]}

@@ -273,6 +273,7 @@ class Retriever:
         modality = self._modality(kind, modality, rerank)
         if kind == "text":
             texts = list(texts) if not isinstance(texts, str) else [texts]
+            self.unknown_words(texts)  # refuses a query with no word, or none the vocabulary knows
             queries, query_pixels = self.encode_texts(texts), None
         else:
             query_pixels = self.pixels(images)
@@ -290,6 +291,14 @@ class Retriever:
                                     query_pixels[q] if kind == "image" else None)
             results.append(hits[:k])
         return results
+
+    def unknown_words(self, texts: Sequence[str]) -> list[list[str]]:
+        """Per query text, the words the bundle's vocabulary does not know (they are encoded as [UNK]: say so to
+        the user). Raises DataError (a ValueError) for a text with no word, or with no word the vocabulary
+        knows: its embedding would be the same for every such text."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return [self.tokenizer.check_query(text, what="query" if len(texts) == 1 else f"query {i + 1}")
+                for i, text in enumerate(texts)]
 
     def search_text(self, text: str, **options) -> list[Hit]:
         """`search` for one text; returns its hits."""

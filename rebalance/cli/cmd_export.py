@@ -14,10 +14,6 @@ import click
 from rebalance.cli.options import json_option, set_threads, threads_option
 
 
-def _fail(error: Exception) -> click.ClickException:
-    return click.ClickException(str(error))
-
-
 @click.command("export")
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="Training run folder.")
 @click.option("--out", "out", required=True, type=click.Path(), help="Bundle folder to write (replaced if a bundle).")
@@ -35,11 +31,8 @@ def export(run_dir: str, out: str, which: str, exporter: str, opset: int, verify
     from exports.exporter.export import export_bundle
     from exports.exporter.verify import verify_run_bundle
 
-    try:
-        bundle = export_bundle(run_dir, out, which=which, exporter=exporter, opset=opset)
-        report = verify_run_bundle(bundle, run_dir, which=which, threads=threads) if verify else None
-    except (ValueError, FileNotFoundError) as error:
-        raise _fail(error) from None
+    bundle = export_bundle(run_dir, out, which=which, exporter=exporter, opset=opset)
+    report = verify_run_bundle(bundle, run_dir, which=which, threads=threads) if verify else None
     if as_json:
         click.echo(json.dumps({"bundle": str(bundle), "verify": report.to_dict() if report else None}, indent=2))
     else:
@@ -67,13 +60,10 @@ def index(bundle: str, data: str, split: str, what: str, pixels: bool, threads: 
     from exports.serving.runtime import Retriever, index_split
     from rebalance_ref.karpathy import read_dataset
 
-    try:
-        retriever = Retriever.load(bundle, threads=threads, load_gallery=False)
-        splits = read_dataset(data, image_size=retriever.image_size, splits=(split,), expect_captions=None)
-        gallery = index_split(retriever, splits[split], what=what, keep_pixels=pixels)
-        retriever.save_gallery()
-    except (ValueError, FileNotFoundError, KeyError) as error:
-        raise _fail(error) from None
+    retriever = Retriever.load(bundle, threads=threads, load_gallery=False)
+    splits = read_dataset(data, image_size=retriever.image_size, splits=(split,), expect_captions=None)
+    gallery = index_split(retriever, splits[split], what=what, keep_pixels=pixels)
+    retriever.save_gallery()
     summary = {"bundle": bundle, "images": gallery.n_images, "captions": gallery.n_captions,
                "pixels": gallery.pixels is not None}
     if as_json:
@@ -104,16 +94,17 @@ def search(bundle: str, text: str | None, image: str | None, k: int, modality: s
     set_threads(threads)
     from exports.serving.runtime import Retriever, format_hits
 
-    try:
-        retriever = Retriever.load(bundle, threads=threads, backend=backend)
-        options = {"k": k, "modality": modality, "rerank": rerank, "rerank_k": rerank_k}
-        hits = retriever.search_text(text, **options) if text is not None else retriever.search_image(image, **options)
-    except (ValueError, FileNotFoundError) as error:
-        raise _fail(error) from None
+    retriever = Retriever.load(bundle, threads=threads, backend=backend)
+    unknown = retriever.unknown_words(text)[0] if text is not None else []
+    if unknown:
+        click.echo(f"warning: the vocabulary does not know {', '.join(map(repr, unknown))}; those words are "
+                   f"encoded as [UNK]", err=True)
+    options = {"k": k, "modality": modality, "rerank": rerank, "rerank_k": rerank_k}
+    hits = retriever.search_text(text, **options) if text is not None else retriever.search_image(image, **options)
     query = {"text": text} if text is not None else {"image": image}
     if as_json:
-        click.echo(json.dumps({"query": query, "k": k, "rerank": rerank, "hits": [h.to_dict() for h in hits]},
-                              indent=2))
+        click.echo(json.dumps({"query": query, "k": k, "rerank": rerank, "unknown_words": unknown,
+                               "hits": [h.to_dict() for h in hits]}, indent=2))
     else:
         click.echo(f"query: {text if text is not None else image}")
         click.echo(format_hits(hits))

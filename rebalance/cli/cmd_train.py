@@ -18,10 +18,6 @@ _DEVICE = click.option("--device", type=click.Choice(DEVICES), default=None,
                        help="Where to train/evaluate (default cpu; cuda when asked for and present).")
 
 
-def _fail(err: Exception) -> click.ClickException:
-    return click.ClickException(str(err))
-
-
 def _check_device(device: str | None) -> None:
     if device == "cuda":
         import torch
@@ -136,30 +132,27 @@ def train_command(out, config_file, weights, tau_clamp, stages, init, resume, ba
 
     set_threads(threads)
     _check_device(options.get("device"))
+    if config_file:
+        config = TrainConfig.load(config_file)
+    elif resume and (Path(out) / "config.json").is_file():
+        config = TrainConfig.load(Path(out) / "config.json")
+    else:
+        config = TrainConfig()
+    changes = {k: v for k, v in options.items() if v is not None}
+    if weights is not None:
+        changes["weights"] = parse_weights(weights)
+    if tau_clamp is not None:
+        changes["tau_clamp"] = _parse_tau_clamp(tau_clamp)
+    changes["seed"] = seed if seed is not None else config.seed
+    changes["threads"] = threads
+    config = config.replace(**changes)
+    stage_list = _parse_stages(stages)
+    ctx = from_environment(device=config.device, backend=backend)
     try:
-        if config_file:
-            config = TrainConfig.load(config_file)
-        elif resume and (Path(out) / "config.json").is_file():
-            config = TrainConfig.load(Path(out) / "config.json")
-        else:
-            config = TrainConfig()
-        changes = {k: v for k, v in options.items() if v is not None}
-        if weights is not None:
-            changes["weights"] = parse_weights(weights)
-        if tau_clamp is not None:
-            changes["tau_clamp"] = _parse_tau_clamp(tau_clamp)
-        changes["seed"] = seed if seed is not None else config.seed
-        changes["threads"] = threads
-        config = config.replace(**changes)
-        stage_list = _parse_stages(stages)
-        ctx = from_environment(device=config.device, backend=backend)
-        try:
-            summary = train_and_report(config, out, init=init, stages=stage_list, resume=resume, progress=not as_json,
-                            log=_echo_err, dist_ctx=ctx)
-        finally:
-            ctx.close()
-    except ValueError as err:
-        raise _fail(err) from None
+        summary = train_and_report(config, out, init=init, stages=stage_list, resume=resume, progress=not as_json,
+                                   log=_echo_err, dist_ctx=ctx)
+    finally:
+        ctx.close()
     if not ctx.is_main:  # process 0 reports for all
         return
     if as_json:
@@ -187,10 +180,7 @@ def eval_command(run_dir, which, split, device, threads, as_json):
 
     set_threads(threads)
     _check_device(device)
-    try:
-        results = evaluate_run(run_dir, which=which, split=split, device=device or "cpu")
-    except ValueError as err:
-        raise _fail(err) from None
+    results = evaluate_run(run_dir, which=which, split=split, device=device or "cpu")
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
@@ -219,11 +209,8 @@ def demo_command(fast, out, seed, device, threads, as_json):
     set_threads(threads)
     _check_device(device)
     out = out or ("runs/demo-fast" if fast else "runs/demo")
-    try:
-        results = run_demo(out, fast=fast, seed=seed, device=device or "cpu", threads=threads,
-                           log=_echo_err, progress=not as_json)
-    except ValueError as err:
-        raise _fail(err) from None
+    results = run_demo(out, fast=fast, seed=seed, device=device or "cpu", threads=threads,
+                       log=_echo_err, progress=not as_json)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
@@ -263,12 +250,9 @@ def ablate_command(preset, seeds, jobs, out, fast, config_file, conditions, as_j
             raise click.BadParameter(f"expected a comma-separated subset of {', '.join(aliases)} including "
                                      f"baseline; got {conditions!r}", param_hint="--conditions")
         chosen = {aliases[c]: CONDITIONS[aliases[c]] for c in names}
-    try:
-        base = TrainConfig.load(config_file) if config_file else demo_config(fast=fast)
-        record = run_ablation(preset, seeds=seeds, jobs=jobs, out=out, base=base, conditions=chosen,
-                              log=_echo_err if as_json else click.echo)
-    except ValueError as err:
-        raise _fail(err) from None
+    base = TrainConfig.load(config_file) if config_file else demo_config(fast=fast)
+    record = run_ablation(preset, seeds=seeds, jobs=jobs, out=out, base=base, conditions=chosen,
+                          log=_echo_err if as_json else click.echo)
     if as_json:
         click.echo(json.dumps(record["table"], indent=2))
 

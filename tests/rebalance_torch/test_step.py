@@ -107,5 +107,7 @@ def test_tau_is_clamped_after_the_update(batch_and_tokenizer):
     batch, tokenizer = batch_and_tokenizer
     config = TrainConfig(model_overrides=SMALL_MODEL, batch_size=8, lr=0.5, tau_clamp=[0.06, 0.065])
     step, student = _step(config, batch, tokenizer, 1)
-    step()
-    assert 0.06 <= float(student.temp.detach()) <= 0.065
+    before = float(student.temp.detach())
+    logged = as_numbers(step())
+    assert 0.06 <= float(student.temp.detach()) <= 0.065 and float(student.temp.detach()) != before
+    assert logged["tau"] == pytest.approx(before, rel=1e-7)  # the τ this step's loss used, not the updated one

@@ -122,7 +122,7 @@ def test_save_writes_files_that_load_back(tmp_path, splits, result):
 
 
 def test_user_features_with_wrong_shape_dtype_or_values_are_refused(tmp_path):
-    good = np.ones((6, 4), dtype=np.float64)
+    good = np.random.default_rng(0).standard_normal((6, 4))
     np.save(tmp_path / "good.npy", good)
     loaded = TF.load_teacher_features(tmp_path / "good.npy", 6)
     assert loaded.dtype == np.float32 and loaded.shape == (6, 4)
@@ -131,6 +131,7 @@ def test_user_features_with_wrong_shape_dtype_or_values_are_refused(tmp_path):
         "flat.npy": (np.ones(6), r"\(6, d\)"),
         "nan.npy": (np.where(np.eye(6, 4) > 0, np.nan, 1.0), "NaN"),
         "text.npy": (np.array([["a"] * 4] * 6), "dtype"),
+        "same.npy": (np.ones((6, 4)), "point the same way"),  # every relation 1: nothing to distil
     }
     for name, (array, message) in cases.items():
         np.save(tmp_path / name, array)
