@@ -295,10 +295,15 @@ def train(config: TrainConfig, run_dir: str | Path, *, prepared: Prepared | None
             return summary
     if evaluate_test and ctx.is_main:
         tic = time.perf_counter()
-        best_student, _, _ = ckpt.load_student(run_dir, "best", map_location=config.device)
-        summary["test"] = ev.evaluate_student(best_student, prepared.splits["test"], prepared.tokenizer,
-                                              relevance=prepared.relevance("test"), k_test=config.k_test,
-                                              device=config.device)
-        write_json_atomic(run_dir / "eval.json", summary["test"], indent=2)
+        summary["test"] = _evaluate_best(config, prepared, run_dir)
         summary["timings"]["eval"] = time.perf_counter() - tic
     return summary
+
+
+def _evaluate_best(config: TrainConfig, prepared: Prepared, run_dir: Path) -> dict:
+    """The run's best checkpoint on the test split, also written to `eval.json`."""
+    best_student, _, _ = ckpt.load_student(run_dir, "best", map_location=config.device)
+    results = ev.evaluate_student(best_student, prepared.splits["test"], prepared.tokenizer,
+                                  relevance=prepared.relevance("test"), k_test=config.k_test, device=config.device)
+    write_json_atomic(run_dir / "eval.json", results, indent=2)
+    return results
