@@ -19,6 +19,7 @@ from pathlib import Path
 
 from rebalance_ref.checks import DISTANCES
 from rebalance_ref.files import write_text_atomic
+from rebalance_ref.shapes import PRESETS
 
 LOSS_NAMES = ("itc", "itm", "iic", "ttc", "kd", "kdi", "kdt")
 TEACHER_TERMS = ("iic", "ttc", "kd", "kdi", "kdt")   # the terms that read teacher features (stage 2 only)
@@ -37,8 +38,8 @@ DEVICES = ("cpu", "cuda")
 AUGMENTS = ("none", "mild")
 SELECT_ON = ("r_mean", "last")
 # The fields that take one of a few names, and those names (the CLI's choices come from here).
-CHOICES = {"distance": DISTANCES, "image_teacher": IMAGE_TEACHERS, "tau2": TAU2_MODES, "lam": LAMBDA_MODES,
-           "student_relation": STUDENT_RELATIONS, "itm_negatives": ITM_NEGATIVES, "device": DEVICES,
+CHOICES = {"preset": tuple(PRESETS), "distance": DISTANCES, "image_teacher": IMAGE_TEACHERS, "tau2": TAU2_MODES,
+           "lam": LAMBDA_MODES, "student_relation": STUDENT_RELATIONS, "itm_negatives": ITM_NEGATIVES, "device": DEVICES,
            "select_on": SELECT_ON, "augment": AUGMENTS}
 
 
@@ -120,9 +121,8 @@ class TrainConfig:
     threads: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("preset", "model"):
-            if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name} must be a name (a string), got {getattr(self, name)!r}")
+        if not isinstance(self.model, str):
+            raise ValueError(f"model must be a preset name (a string), got {self.model!r}")
         for name in ("data_dir", "teacher_dir"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, str) and value.strip()):
@@ -174,11 +174,6 @@ class TrainConfig:
                 raise ValueError(f"stage1_weights[{key!r}]: stage 1 has no teachers' terms; use only itc and itm")
         if not isinstance(self.model_overrides, dict):
             raise ValueError(f"model_overrides must be a dict, got {type(self.model_overrides).__name__}")
-        if self.data_dir is None:
-            from rebalance_ref.shapes import PRESETS
-
-            if self.preset not in PRESETS:
-                raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {self.preset!r}")
 
     # --- derived ---------------------------------------------------------------------------------------------
     def weight(self, name: str, stage: int) -> float:

@@ -35,7 +35,7 @@ def _echo_err(message: str) -> None:
 # The options that set one TrainConfig field each: (field, option name or None for --field-name, help). Types and
 # choices come from TrainConfig itself (its annotations and `CHOICES`), so nothing here repeats a name list.
 _CONFIG_OPTIONS = (
-    ("preset", None, "Shapes-world preset: balanced, text-poor, image-poor or noisy-captions."),
+    ("preset", None, "Imbalance preset of the shapes world (docs/data.md)."),
     ("data_dir", "--data", "A data folder (`rebalance data make` / Karpathy-style) instead of the shapes world."),
     ("n_train", None, "Training images of the shapes world."),
     ("n_val", None, "Validation images (model selection)."),
