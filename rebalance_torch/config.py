@@ -39,8 +39,8 @@ AUGMENTS = ("none", "mild")
 SELECT_ON = ("r_mean", "last")
 # The fields that take one of a few names, and those names (the CLI's choices come from here).
 CHOICES = {"preset": tuple(PRESETS), "distance": DISTANCES, "image_teacher": IMAGE_TEACHERS, "tau2": TAU2_MODES,
-           "lam": LAMBDA_MODES, "student_relation": STUDENT_RELATIONS, "itm_negatives": ITM_NEGATIVES, "device": DEVICES,
-           "select_on": SELECT_ON, "augment": AUGMENTS}
+           "lam": LAMBDA_MODES, "student_relation": STUDENT_RELATIONS, "itm_negatives": ITM_NEGATIVES,
+           "device": DEVICES, "select_on": SELECT_ON, "augment": AUGMENTS}
 
 
 def _check_weights(name: str, weights: dict) -> dict[str, float]:
