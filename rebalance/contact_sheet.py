@@ -89,7 +89,9 @@ def contact_sheet(retriever, hits, *, query_text: str | None = None, query_image
             if is_query:
                 draw.rectangle((x, y, x + TILE - 1, y + TILE - 1), outline=_QUERY, width=2)
                 label = ["query (image)"]
-        for j, text in enumerate(label[:LABEL_LINES]):
+        if len(label) > LABEL_LINES:  # a long caption: cut, and say so
+            label = [*label[: LABEL_LINES - 1], label[LABEL_LINES - 1] + " …"]
+        for j, text in enumerate(label):
             draw.text((x, y + TILE + 4 + j * line), text, fill=_QUERY if is_query else _INK, font=font)
     return sheet
 

@@ -32,7 +32,7 @@ from exports.serving.gallery import GALLERY_DIR, Gallery
 from exports.serving.manifest import BundleError, bundle_lock, read_manifest, write_manifest
 from exports.serving.search import ExactIndex, FaissFlatIndex
 from rebalance_ref.files import read_json
-from rebalance_ref.images import load_image, resize_to, to_model_input
+from rebalance_ref.images import load_image, resize_to, to_model_input, to_rgb8
 from rebalance_ref.threads import set_threads
 from rebalance_ref.tokenizer import Tokenizer
 
@@ -147,7 +147,8 @@ class Retriever:
 
     # --- encoding --------------------------------------------------------------------------------------------
     def pixels(self, images) -> np.ndarray:
-        """uint8 (N, S, S, 3) at the model's size from a uint8 (N, H, W, 3) array or a sequence of image files."""
+        """uint8 (N, S, S, 3) at the model's size from a uint8 (N, H, W, 3) array, or a sequence whose items are
+        image files (str or Path), PIL images or uint8 (H, W, 3) arrays."""
         size = self.image_size
         if isinstance(images, np.ndarray):
             if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
@@ -158,10 +159,24 @@ class Retriever:
             return np.stack([resize_to(im, size) for im in images]) if len(images) else \
                 np.zeros((0, size, size, 3), np.uint8)
         if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
-            raise ValueError("images must be a uint8 array (N, H, W, 3) or a list of image file paths")
+            raise ValueError("images must be a uint8 array (N, H, W, 3) or a list of image files, PIL images or "
+                             "uint8 (H, W, 3) arrays")
         if not images:
             return np.zeros((0, size, size, 3), np.uint8)
-        return np.stack([load_image(path, size) for path in images])
+        return np.stack([self._one_image(item, i) for i, item in enumerate(images)])
+
+    def _one_image(self, item, position: int) -> np.ndarray:
+        """One image of a sequence as uint8 (S, S, 3)."""
+        if isinstance(item, (str, Path)):
+            return load_image(item, self.image_size)
+        if isinstance(item, np.ndarray):
+            if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:
+                raise ValueError(f"image {position} must be uint8 (H, W, 3), got {item.dtype} {item.shape}")
+            return resize_to(item, self.image_size)
+        if hasattr(item, "mode") and hasattr(item, "size"):  # a PIL image
+            return resize_to(to_rgb8(item, f"image {position}"), self.image_size)
+        raise ValueError(f"image {position} must be an image file path, a PIL image or a uint8 (H, W, 3) array, "
+                         f"got {type(item).__name__}")
 
     def encode_images(self, images, batch_size: int = 64) -> np.ndarray:
         """Image embeddings v, float32 (N, D) unit rows, from uint8 (N, H, W, 3) or a list of image files."""
@@ -269,6 +284,19 @@ class Retriever:
                                                    threads=self.threads)
         scores, local = self._faiss[modality].search(queries, k)
         return scores, local + rows.start
+
+    def search_vectors(self, queries: np.ndarray, k: int = 5, modality: str = "all") -> list[list[Hit]]:
+        """Top-k hits for query embeddings (Q, D) or (D,), of any float dtype (searched as float32), best first."""
+        if self.gallery is None:
+            raise ValueError("the retriever has no gallery: run `rebalance index` or call set_gallery first")
+        queries = np.asarray(queries)
+        queries = queries[None] if queries.ndim == 1 else queries
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        scores, rows = self.search_embeddings(queries, int(k), modality)
+        return [[self._hit(r, int(row), float(s)) for r, (row, s) in enumerate(zip(rows[q], scores[q], strict=True),
+                                                                                start=1)]
+                for q in range(len(queries))]
 
     def _modality(self, query_kind: str, modality: str | None, rerank: bool) -> str:
         """The gallery rows to search: as asked, else the other modality (the question a cross-modal retriever
