@@ -425,6 +425,9 @@ def format_hits(hits: list[Hit]) -> str:
     lines = []
     for hit in hits:
         itm = "" if hit.itm is None else f"  itm {hit.itm:+.3f}"
-        what = hit.name if hit.kind == "image" else f'"{hit.caption}"' + (f"  [{hit.image}]" if hit.image else "")
+        if hit.kind == "image":
+            what = hit.name + (f"  [{hit.pixels}]" if hit.pixels else "")
+        else:
+            what = f'"{hit.caption}"' + (f"  [{hit.image}]" if hit.image else "")
         lines.append(f"{hit.rank:>3}. {hit.kind:<5}  cos {hit.score:+.3f}{itm}  {what}")
     return "\n".join(lines)
