@@ -188,7 +188,7 @@ def bundle_lock(bundle_dir: str | Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise BundleError(f"bundle {bundle_dir} is being written by another process (it holds {path}); "
+            raise BundleError(f"bundle {bundle_dir} is being written by another process (it holds the lock {path}); "
                               f"wait for it to finish, then try again") from None
         _HELD[key] = [fd, 1]
         try:
