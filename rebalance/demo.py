@@ -95,6 +95,7 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, seed: int = 0, d
           "Wall time per phase (s): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()), "",
           f"One search in the exported bundle (`{search.get('bundle')}`): \"{search.get('query')}\"", "", "```",
           search.get("text", search.get("error", "")), "```", "",
+          *([f"![search hits]({search['grid']})", ""] if search.get("grid") else []),
           "![full vs baseline](plots/full_vs_baseline.png)", "![traces](plots/traces.png)",
           "![relations](plots/relations.png)", ""]
     write_text_atomic(out / "results.md", "\n".join(md))
@@ -103,18 +104,25 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, seed: int = 0, d
     return results
 
 
+SEARCH_SHEET = "plots/search.png"
+
+
 def export_step(out: Path, test_split, threads: int = 1) -> dict:
     """Export the full student to `out/bundle`, index the test split into it and run one text search there
-    through the onnxruntime-only `Retriever`. Needs the `export` extra (onnx, onnxruntime); without it the demo
-    still finishes and says why the export was skipped."""
+    through the onnxruntime-only `Retriever` (a text query searches the images by default), and draw the query
+    and its hits from the bundle's own pixels into `out/plots/search.png`. Needs the `export` extra (onnx,
+    onnxruntime); without it the demo still finishes and says why the export was skipped."""
     try:
         from exports.exporter.export import export_and_search
         from exports.serving.runtime import format_hits
+        from rebalance.contact_sheet import write_contact_sheet
     except ImportError as err:
         return {"error": f"the export needs onnx and onnxruntime ({err})"}
-    # Text-to-image: the gallery holds both modalities, and a caption's nearest items are other captions.
-    bundle, query, hits = export_and_search(out, out / "bundle", test_split, k=5, threads=threads, modality="image")
-    return {"bundle": str(bundle), "query": query, "hits": [h.to_dict() for h in hits], "text": format_hits(hits)}
+    retriever, query, hits = export_and_search(out, out / "bundle", test_split, k=5, threads=threads)
+    write_contact_sheet(out / SEARCH_SHEET, retriever, hits, query_text=query,
+                        title=f"the exported bundle's top {len(hits)} test images for a test caption (cosine)")
+    return {"bundle": str(retriever.bundle_dir), "query": query, "hits": [h.to_dict() for h in hits],
+            "text": format_hits(hits), "grid": SEARCH_SHEET}
 
 
 def summarise(diff: dict[str, float]) -> str:

@@ -118,9 +118,9 @@ print(f"gallery: {gallery.n_images} images + {gallery.n_captions} captions, dim 
 
 QUERY = "a red circle"
 print(f'\ntext query "{QUERY}", mixed gallery (images and captions):')
-print(format_hits(retriever.search_text(QUERY, k=5)))
-image_hits = retriever.search_text(QUERY, k=5, modality="image")
-print("\nsame query, images only:")
+print(format_hits(retriever.search_text(QUERY, k=5, modality="all")))
+image_hits = retriever.search_text(QUERY, k=5)  # a text query searches the images by default
+print("\nsame query, images only (the default):")
 print(format_hits(image_hits))
 reranked = retriever.search_text(QUERY, k=5, rerank=True)
 print(f"\nimages re-ranked by the ITM head (top {manifest.get('k_test')} by cosine, re-scored):")
@@ -130,7 +130,7 @@ print(format_hits(reranked))
 known = 7
 ranked = retriever.search_text(test.captions[known][0], k=gallery.n_images, modality="image")
 position = next(hit.rank for hit in ranked if hit.index == known)
-print(f'\nknown-item query "{test.captions[known][0]}": its image ranks {position + 1} of {gallery.n_images}')
+print(f'\nknown-item query "{test.captions[known][0]}": its image ranks {position} of {gallery.n_images}')
 
 # An image query, from a file on disk:
 from PIL import Image  # noqa: E402

@@ -15,7 +15,10 @@ batch sizes and text lengths other than the traced ones. The DeprecationWarning 
 here only.
 
 The bundle is built in a temporary sibling folder and moved into place at the end, so a failed export never
-leaves a half-written bundle, and an existing bundle is replaced only by a complete one.
+leaves a half-written bundle, and an existing bundle is replaced only by a complete one. Replacing one needs
+`force=True` (`--force`), holds the bundle's writer lock (`exports.serving.manifest.bundle_lock`), and removes only
+files the old manifest lists (files rebalance wrote): a bundle folder holding any other file is refused, so a
+user's own files are never deleted.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import shutil
 import warnings
 from pathlib import Path
 
-from exports.serving.manifest import FORMAT, MANIFEST, write_manifest
+from exports.serving.manifest import FORMAT, MANIFEST, BundleError, bundle_lock, list_files, write_manifest
+from rebalance_ref.files import read_json
 
 EXPORTERS = ("torchscript", "dynamo")
 DEFAULT_EXPORTER = "torchscript"
@@ -103,18 +107,36 @@ def _export_graph(module, args: tuple, path: Path, inputs: tuple[str, ...], outp
     program.save(str(path), external_data=False)
 
 
-def _prepare_target(bundle_dir: Path) -> None:
-    """Refuse to replace a folder that is neither empty nor a bundle (we never delete a user's other files)."""
-    if bundle_dir.exists():
-        if not bundle_dir.is_dir():
-            raise ValueError(f"--out {bundle_dir} exists and is not a folder")
-        if any(bundle_dir.iterdir()) and not (bundle_dir / MANIFEST).is_file():
-            raise ValueError(f"--out {bundle_dir} exists, is not empty and is not a bundle; choose another folder")
-        if (bundle_dir / MANIFEST).is_file() and FORMAT not in (bundle_dir / MANIFEST).read_text("utf-8"):
-            raise ValueError(f"--out {bundle_dir} holds a manifest.json of another kind; choose another folder")
+def _prepare_target(bundle_dir: Path, force: bool) -> list[str]:
+    """Check that `bundle_dir` may be written; returns the files of the bundle it replaces (empty if none).
+
+    Refused: a file, a non-empty folder that is not a bundle, a bundle without `force`, and a bundle folder that
+    holds files its manifest does not list (the user's: export never deletes them)."""
+    if not bundle_dir.exists():
+        return []
+    if not bundle_dir.is_dir():
+        raise ValueError(f"--out {bundle_dir} exists and is not a folder")
+    if not any(bundle_dir.iterdir()):
+        return []
+    if not (bundle_dir / MANIFEST).is_file():
+        raise ValueError(f"--out {bundle_dir} exists, is not empty and is not a bundle; choose another folder")
+    manifest = read_json(bundle_dir / MANIFEST, error=BundleError)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"),
+                                                                                            dict):
+        raise ValueError(f"--out {bundle_dir} holds a manifest.json of another kind; choose another folder")
+    listed = [name for name in manifest["files"] if isinstance(name, str)]
+    if not force:
+        raise ValueError(f"--out {bundle_dir} already holds a bundle; pass --force (force=True) to replace it")
+    others = sorted(set(list_files(bundle_dir)) - set(listed))
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise ValueError(f"--out {bundle_dir} holds files the bundle does not list ({shown}); export removes only "
+                         f"files it wrote: move them out of the folder first")
+    return listed
 
 
-def _move_into_place(tmp: Path, bundle_dir: Path) -> None:
+def _move_into_place(tmp: Path, bundle_dir: Path, old_files: list[str]) -> None:
+    """Swap the finished bundle in; of the old folder, delete only `old_files`, the manifest and emptied folders."""
     old = bundle_dir.with_name(f".{bundle_dir.name}.old-{os.getpid()}")
     if bundle_dir.exists():
         os.replace(bundle_dir, old)
@@ -125,14 +147,23 @@ def _move_into_place(tmp: Path, bundle_dir: Path) -> None:
             os.replace(old, bundle_dir)
         raise
     if old.exists():
-        shutil.rmtree(old)
+        for name in (*old_files, MANIFEST):
+            (old / name).unlink(missing_ok=True)
+        for folder in sorted((p for p in old.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            if not any(folder.iterdir()):
+                folder.rmdir()
+        if any(old.iterdir()):  # a file appeared after the check: keep it, and say where
+            warnings.warn(f"kept files that appeared in {bundle_dir} during the export in {old}", stacklevel=3)
+        else:
+            old.rmdir()
 
 
 def export_student(student, tokenizer, bundle_dir: str | Path, *, exporter: str = DEFAULT_EXPORTER,
-                   opset: int = OPSET, fusion: bool = True, info: dict | None = None) -> Path:
+                   opset: int = OPSET, fusion: bool = True, info: dict | None = None, force: bool = False) -> Path:
     """Write a bundle for `student` (a `rebalance_torch.models.Student`) and its `tokenizer` into `bundle_dir`.
 
-    `info` is merged into the manifest (e.g. the run folder, stage and presets). Returns the bundle path.
+    `info` is merged into the manifest (e.g. the run folder, stage and presets). An existing bundle is replaced
+    only with `force` (see the module's doc for what is removed). Returns the bundle path.
     """
     import torch
 
@@ -144,7 +175,7 @@ def export_student(student, tokenizer, bundle_dir: str | Path, *, exporter: str 
     if tokenizer.vocab_size != config.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} words but the student expects {config.vocab_size}")
     bundle_dir = Path(bundle_dir)
-    _prepare_target(bundle_dir)
+    _prepare_target(bundle_dir, force)  # early, before the slow part; checked again under the lock
     bundle_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = bundle_dir.with_name(f".{bundle_dir.name}.tmp-{os.getpid()}")
     if tmp.exists():
@@ -173,8 +204,9 @@ def export_student(student, tokenizer, bundle_dir: str | Path, *, exporter: str 
             "gallery": None,
             **(info or {}),
         }
-        write_manifest(tmp, manifest)
-        _move_into_place(tmp, bundle_dir)
+        write_manifest(tmp, manifest)  # hashes the files of our private temporary folder
+        with bundle_lock(bundle_dir):
+            _move_into_place(tmp, bundle_dir, _prepare_target(bundle_dir, force))
     finally:
         student.train(was_training)
         if tmp.exists():
@@ -183,7 +215,7 @@ def export_student(student, tokenizer, bundle_dir: str | Path, *, exporter: str 
 
 
 def export_bundle(run_dir: str | Path, bundle_dir: str | Path, *, which: str = "best",
-                  exporter: str = DEFAULT_EXPORTER, opset: int = OPSET) -> Path:
+                  exporter: str = DEFAULT_EXPORTER, opset: int = OPSET, force: bool = False) -> Path:
     """Export the student of a training run folder (checkpoint `which`) into `bundle_dir`; returns its path."""
     from rebalance_torch.checkpoint import load_student, resolve
 
@@ -193,23 +225,23 @@ def export_bundle(run_dir: str | Path, bundle_dir: str | Path, *, which: str = "
             "presets": {"model": train_config.model, "data": train_config.preset,
                         "data_dir": train_config.data_dir},
             "k_test": train_config.k_test}
-    return export_student(student, tokenizer, bundle_dir, exporter=exporter, opset=opset, info=info)
+    return export_student(student, tokenizer, bundle_dir, exporter=exporter, opset=opset, info=info, force=force)
 
 
 def export_and_search(run_dir: str | Path, bundle_dir: str | Path, split, *, query: str | None = None, k: int = 5,
-                      threads: int = 1, which: str = "best", **search_options):
+                      threads: int = 1, which: str = "best", force: bool = False, **search_options):
     """The end of `rebalance demo`: export the run's student, index `split` into the bundle, search it once.
 
     `split` is a `CaptionedImages` (the run's test split); `query` defaults to its first caption. The search runs
-    through the torch-free runtime; `search_options` go to `Retriever.search` (e.g. `modality="image"` for
-    text-to-image retrieval, `rerank=True`). Returns (bundle path, query, hits);
-    `exports.serving.runtime.format_hits(hits)` prints them.
+    through the torch-free runtime (by default over the images); `search_options` go to `Retriever.search` (e.g.
+    `modality="all"`, `rerank=True`). Returns (retriever, query, hits): `retriever.bundle_dir` is the bundle,
+    `exports.serving.runtime.format_hits(hits)` prints the hits and `retriever.hit_pixels(hit)` gives their images.
     """
     from exports.serving.runtime import Retriever, index_split
 
-    bundle = export_bundle(run_dir, bundle_dir, which=which)
+    bundle = export_bundle(run_dir, bundle_dir, which=which, force=force)
     retriever = Retriever.load(bundle, threads=threads)
     index_split(retriever, split)
     retriever.save_gallery()
     query = split.captions[0][0] if query is None else query
-    return bundle, query, retriever.search_text(query, k=k, **search_options)
+    return retriever, query, retriever.search_text(query, k=k, **search_options)

@@ -6,21 +6,32 @@ retrieval) is the same object. Images may carry their pixels (uint8, at the mode
 re-ranking works from the bundle alone, wherever it is copied.
 
 On disk, inside a bundle: `gallery/embeddings.npy`, `gallery/items.json` and optionally `gallery/images.npy`.
+`save` hashes the bytes it writes (not the files as they are on disk afterwards); `load` reads only files the
+manifest lists, so a gallery file left out of the manifest is refused, never served unverified.
+
+A hit is shown from the bundle alone: an image is its row of `images.npy` (`image_ref`), a caption is its text and
+its image's row when that image is in the gallery (`caption_image`). `image_names` are labels (the names the data
+folder used), not paths to open.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from rebalance_ref.files import read_json, save_npy_atomic, write_json_atomic
+from exports.serving.manifest import BundleError, bytes_record
+from rebalance_ref.files import atomic_path, read_json
 
 GALLERY_DIR = "gallery"
 ITEMS_FORMAT = "rebalance-gallery"
 ITEMS_VERSION = 1
 KINDS = ("image", "text")
+REQUIRED = ("embeddings.npy", "items.json")
+PIXELS = "images.npy"
 
 
 @dataclass
@@ -74,40 +85,84 @@ class Gallery:
         """What gallery row `row` stands for: kind, index within its modality, and its name or caption."""
         row = int(row)
         if row < self.n_images:
-            return {"kind": "image", "index": row, "name": self.image_names[row]}
+            return {"kind": "image", "index": row, "name": self.image_names[row], "pixels": self.image_ref(row)}
         j = row - self.n_images
-        return {"kind": "text", "index": j, "caption": self.captions[j], "image": self.caption_sources[j]}
+        source = self.caption_sources[j]
+        image_index = self.caption_image(j)
+        return {"kind": "text", "index": j, "caption": self.captions[j], "image": source,
+                "pixels": None if image_index is None else self.image_ref(image_index)}
 
-    def save(self, bundle_dir: str | Path) -> list[str]:
-        """Write the gallery files into `bundle_dir/gallery/` (each atomically); returns their relative paths."""
+    def image_ref(self, index: int) -> str | None:
+        """Where image `index`'s pixels lie in the bundle ("gallery/images.npy[i]"), None if not kept."""
+        return None if self.pixels is None else f"{GALLERY_DIR}/{PIXELS}[{int(index)}]"
+
+    def caption_image(self, index: int) -> int | None:
+        """Index in this gallery of the image caption `index` describes, None if that image is not in it."""
+        if not hasattr(self, "_by_name"):
+            self._by_name = {name: i for i, name in reversed(list(enumerate(self.image_names)))}
+        return self._by_name.get(self.caption_sources[int(index)])
+
+    def save(self, bundle_dir: str | Path) -> dict[str, dict]:
+        """Write the gallery files into `bundle_dir/gallery/` (each atomically); returns {relative path: record},
+        the SHA-256 and size of the bytes written (`manifest.bytes_record`)."""
         folder = Path(bundle_dir) / GALLERY_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        written = []
-        arrays = {"embeddings.npy": self.embeddings}
+        records = {f"{GALLERY_DIR}/embeddings.npy": _save_npy(folder / "embeddings.npy", self.embeddings)}
         if self.pixels is not None:
-            arrays["images.npy"] = self.pixels
-        elif (folder / "images.npy").exists():
-            (folder / "images.npy").unlink()
-        for name, array in arrays.items():
-            save_npy_atomic(folder / name, array)
-            written.append(f"{GALLERY_DIR}/{name}")
+            records[f"{GALLERY_DIR}/{PIXELS}"] = _save_npy(folder / PIXELS, self.pixels)
         items = {"format": ITEMS_FORMAT, "version": ITEMS_VERSION, "image_names": self.image_names,
                  "captions": self.captions, "caption_sources": list(self.caption_sources)}
-        write_json_atomic(folder / "items.json", items, indent=None)
-        written.append(f"{GALLERY_DIR}/items.json")
-        return written
+        data = json.dumps(items).encode("utf-8")
+        with atomic_path(folder / "items.json") as tmp:
+            tmp.write_bytes(data)
+        records[f"{GALLERY_DIR}/items.json"] = bytes_record(data)
+        if self.pixels is None and (folder / PIXELS).exists():
+            (folder / PIXELS).unlink()  # written by an earlier index of this bundle
+        return records
 
     @classmethod
-    def load(cls, bundle_dir: str | Path, dim: int | None = None) -> Gallery:
-        """Read the gallery of a bundle (files assumed verified against the manifest by the caller)."""
-        folder = Path(bundle_dir) / GALLERY_DIR
+    def load(cls, bundle_dir: str | Path, files: dict, dim: int | None = None) -> Gallery:
+        """Read the gallery of a bundle whose manifest lists `files` (verified by the caller, `read_manifest`).
+
+        Every gallery file read must be listed: a file present on disk but missing from the manifest is refused."""
+        bundle_dir = Path(bundle_dir)
+        folder = bundle_dir / GALLERY_DIR
+        for name in (*REQUIRED, PIXELS):
+            listed = f"{GALLERY_DIR}/{name}" in files
+            if not listed and (name in REQUIRED or (folder / name).exists()):
+                raise BundleError(f"bundle {bundle_dir}: {GALLERY_DIR}/{name} is not listed in the manifest's files, "
+                                  f"so it cannot be verified (index the bundle again)")
         path = folder / "items.json"
-        items = read_json(path)
+        items = read_json(path, error=BundleError)
         if not isinstance(items, dict) or items.get("format") != ITEMS_FORMAT or items.get("version") != ITEMS_VERSION:
-            raise ValueError(f"{path}: not a rebalance gallery of version {ITEMS_VERSION}")
+            raise BundleError(f"{path}: not a rebalance gallery of version {ITEMS_VERSION}")
+        for key in ("image_names", "captions", "caption_sources"):
+            if not isinstance(items.get(key), list):
+                raise BundleError(f"{path}: '{key}' must be a list")
         embeddings = np.load(folder / "embeddings.npy", allow_pickle=False)
         if dim is not None and (embeddings.ndim != 2 or embeddings.shape[1] != dim):
-            raise ValueError(f"{folder / 'embeddings.npy'}: shape {embeddings.shape}, the bundle's model has D={dim}")
-        pixels = np.load(folder / "images.npy", allow_pickle=False) if (folder / "images.npy").is_file() else None
+            raise BundleError(f"{folder / 'embeddings.npy'}: shape {embeddings.shape}, the bundle's model has D={dim}")
+        pixels = np.load(folder / PIXELS, allow_pickle=False) if f"{GALLERY_DIR}/{PIXELS}" in files else None
         return cls(embeddings=embeddings, image_names=list(items["image_names"]), captions=list(items["captions"]),
                    caption_sources=list(items["caption_sources"]), pixels=pixels)
+
+
+class _HashingWriter:
+    """A write-only file that hashes every byte on its way to disk (NumPy writes a large array in chunks)."""
+
+    def __init__(self, handle):
+        self.handle, self.digest, self.size = handle, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        data = memoryview(data).cast("B")
+        self.digest.update(data)
+        self.size += data.nbytes
+        return self.handle.write(data)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> dict:
+    """Write `array` as .npy atomically; returns the SHA-256 and size of the bytes written."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        writer = _HashingWriter(handle)
+        np.save(writer, array, allow_pickle=False)
+    return {"sha256": writer.digest.hexdigest(), "bytes": writer.size}

@@ -1,6 +1,7 @@
 """The bundle's `manifest.json`: format version, model dims, graphs, library versions and the SHA-256 of every file.
 
-Standard library only, so the torch-free runtime and the torch-side exporter share it. A bundle is a folder:
+Standard library (+ rebalance_ref.files) only, so the torch-free runtime and the torch-side exporter share it. A
+bundle is a folder:
 
     manifest.json          this file (not hashed: it holds the hashes)
     image_encoder.onnx     images float32 (B, 3, S, S) in [0, 1] -> v float32 (B, D), unit rows
@@ -10,26 +11,37 @@ Standard library only, so the torch-free runtime and the torch-side exporter sha
     gallery/...            optional: embeddings and item lists written by `rebalance index`
 
 `read_manifest` refuses, with a `BundleError` (a ValueError) naming the problem, a folder without a manifest, a
-manifest of another format or version, a listed file that is missing or whose size or SHA-256 differs, and a
-manifest that lacks a required graph. Writing is atomic (temporary file, then `os.replace`).
+manifest of another format or version, a `model` or `onnx` section of the wrong shape, a listed file that is
+missing, lies outside the bundle, or whose size or SHA-256 differs, and a manifest that lacks a required graph.
+Writing is atomic (temporary file, then `os.replace`).
+
+Writers of a bundle (`rebalance export`, `rebalance index`, `Retriever.save_gallery`) hold `bundle_lock`: an
+exclusive `fcntl.flock` on a lock file beside the bundle (`.<name>.lock` in its parent folder, so the lock
+outlives a bundle folder replaced by export). A second writer fails at once with a message saying so; the kernel
+releases the lock when its holder exits, even when killed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from rebalance_ref.files import read_json, write_json_atomic
+from rebalance_ref.files import DataError, path_inside, read_json, write_json_atomic
 
 FORMAT = "rebalance-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 REQUIRED_FILES = ("image_encoder.onnx", "text_encoder.onnx", "tokenizer.json")
+# manifest["model"]: the dims the runtime needs, each a positive int.
+MODEL_FIELDS = ("embed_dim", "image_size", "max_len", "vocab_size")
 _CHUNK = 1 << 20
 
 
 class BundleError(ValueError):
-    """A bundle folder that cannot be used: missing, incomplete, tampered or of an unknown format."""
+    """A bundle folder that cannot be used: missing, incomplete, tampered, locked or of an unknown format."""
 
 
 def sha256_file(path: str | Path) -> str:
@@ -39,6 +51,11 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def bytes_record(data: bytes) -> dict:
+    """{"sha256", "bytes"} of content held in memory: a writer records what it wrote, not what is on disk later."""
+    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
 def file_record(bundle_dir: str | Path, relative: str) -> dict:
@@ -54,19 +71,48 @@ def list_files(bundle_dir: str | Path) -> list[str]:
                   if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tmp"))
 
 
-def write_manifest(bundle_dir: str | Path, manifest: dict) -> dict:
-    """Hash every file of the bundle into `manifest["files"]`, then write manifest.json atomically."""
+def write_manifest(bundle_dir: str | Path, manifest: dict, records: dict[str, dict] | None = None) -> dict:
+    """Write manifest.json atomically with `manifest["files"]` = `records` (name -> {"sha256", "bytes"}).
+
+    Without `records`, every file of the folder is hashed from disk: only for a folder the caller has just
+    filled and nobody else writes to (the exporter's private temporary folder)."""
     bundle_dir = Path(bundle_dir)
     manifest = dict(manifest)
     manifest["format"], manifest["format_version"] = FORMAT, FORMAT_VERSION
-    manifest["files"] = {name: file_record(bundle_dir, name) for name in list_files(bundle_dir)}
-    path = bundle_dir / MANIFEST
-    write_json_atomic(path, manifest, indent=2, sort_keys=True)
+    if records is None:
+        records = {name: file_record(bundle_dir, name) for name in list_files(bundle_dir)}
+    manifest["files"] = dict(sorted(records.items()))
+    write_json_atomic(bundle_dir / MANIFEST, manifest, indent=2, sort_keys=True)
     return manifest
 
 
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_sections(path: Path, manifest: dict) -> None:
+    """Raise BundleError unless `model` holds the runtime's dims and `onnx.graphs` maps names to graph entries."""
+    model = manifest.get("model")
+    if not isinstance(model, dict):
+        raise BundleError(f"{path}: 'model' must be an object with {', '.join(MODEL_FIELDS)}, got "
+                          f"{type(model).__name__ if model is not None else 'nothing'}")
+    for name in MODEL_FIELDS:
+        if not _positive_int(model.get(name)):
+            raise BundleError(f"{path}: model.{name} must be a positive whole number, got {model.get(name)!r:.40}")
+    onnx = manifest.get("onnx")
+    if not isinstance(onnx, dict) or not isinstance(onnx.get("graphs"), dict):
+        raise BundleError(f"{path}: 'onnx' must be an object whose 'graphs' maps each graph name to its file, got "
+                          f"{type(onnx).__name__ if onnx is not None else 'nothing'}")
+    for name, graph in onnx["graphs"].items():
+        if not isinstance(graph, dict) or not isinstance(graph.get("file"), str):
+            raise BundleError(f"{path}: onnx.graphs.{name} must be an object naming its 'file'")
+    gallery = manifest.get("gallery")
+    if gallery is not None and not isinstance(gallery, dict):
+        raise BundleError(f"{path}: 'gallery' must be an object or null, got {type(gallery).__name__}")
+
+
 def read_manifest(bundle_dir: str | Path, verify_files: bool = True) -> dict:
-    """The manifest of a bundle, after checking its format, version and (by default) every file's hash."""
+    """The manifest of a bundle, after checking its format, version, sections and (by default) every file's hash."""
     bundle_dir = Path(bundle_dir)
     if not bundle_dir.is_dir():
         raise BundleError(f"bundle folder {bundle_dir} does not exist")
@@ -86,6 +132,7 @@ def read_manifest(bundle_dir: str | Path, verify_files: bool = True) -> dict:
     missing_required = [name for name in REQUIRED_FILES if name not in files]
     if missing_required:
         raise BundleError(f"{path}: the manifest lists no {', '.join(missing_required)}")
+    check_sections(path, manifest)
     for name, record in files.items():
         check_file(bundle_dir, name, record, verify_hash=verify_files)
     return manifest
@@ -93,9 +140,10 @@ def read_manifest(bundle_dir: str | Path, verify_files: bool = True) -> dict:
 
 def check_file(bundle_dir: Path, name: str, record: dict, verify_hash: bool = True) -> None:
     """Raise BundleError unless `name` exists inside the bundle with the recorded size (and SHA-256)."""
-    target = (bundle_dir / name).resolve()
-    if bundle_dir.resolve() not in target.parents:
-        raise BundleError(f"{bundle_dir / MANIFEST}: file entry {name!r} points outside the bundle")
+    try:
+        target = path_inside(bundle_dir, name, str(bundle_dir / MANIFEST), "file entry")
+    except DataError as error:
+        raise BundleError(f"{error} (points outside the bundle)") from None
     if not target.is_file():
         raise BundleError(f"bundle {bundle_dir} is incomplete: {name} is missing")
     if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
@@ -107,3 +155,46 @@ def check_file(bundle_dir: Path, name: str, record: dict, verify_hash: bool = Tr
     if verify_hash and sha256_file(target) != record["sha256"]:
         raise BundleError(f"bundle {bundle_dir}: {name} does not match its SHA-256 in the manifest (the file was "
                           f"changed after export)")
+
+
+def lock_path(bundle_dir: str | Path) -> Path:
+    """The lock file of a bundle: `.<name>.lock` beside it, in its parent folder."""
+    bundle_dir = Path(bundle_dir).absolute()
+    return bundle_dir.with_name(f".{bundle_dir.name}.lock")
+
+
+_HELD: dict[str, list] = {}  # lock path -> [file descriptor, depth]: the lock is re-entrant within a process
+
+
+@contextmanager
+def bundle_lock(bundle_dir: str | Path) -> Iterator[None]:
+    """Hold the bundle's writer lock for the block; raise BundleError at once if another process holds it.
+
+    Re-entrant in one process (an `index` command that holds it may call `save_gallery`, which takes it too)."""
+    import fcntl  # POSIX only, imported here so that reading a bundle works everywhere
+
+    path = lock_path(bundle_dir)
+    key = str(path)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[key][1] -= 1
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BundleError(f"bundle {bundle_dir} is being written by another process (it holds the lock {path}); "
+                              f"wait for it to finish, then try again") from None
+        _HELD[key] = [fd, 1]
+        try:
+            yield
+        finally:
+            del _HELD[key]
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

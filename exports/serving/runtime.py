@@ -3,10 +3,15 @@
     from exports.serving.runtime import Retriever
     retriever = Retriever.load("bundle", threads=1)          # refuses missing / tampered / unknown bundles
     v = retriever.encode_images(images_uint8)                 # (N, H, W, 3) uint8 or a list of image files
-    t = retriever.encode_texts(["a red circle"])              # (B, D) float32, unit rows
+    t = retriever.encode_texts(["a red circle"])              # (B, D) float32, unit rows (a str gives (1, D))
     retriever.set_gallery(retriever.build_gallery(images=..., image_names=..., captions=..., caption_sources=...))
-    hits = retriever.search_text("a red circle", k=5)         # exact top-k over images and captions
+    hits = retriever.search_text("a red circle", k=5)         # exact top-k images (the other modality)
+    hits = retriever.search_text("a red circle", k=5, modality="all")  # images and captions together
     hits = retriever.search_text("a red circle", k=5, rerank=True)   # top-k images re-scored by the ITM head
+    retriever.hit_pixels(hits[0])                             # the hit's image, from the bundle alone
+
+A query searches the other modality by default (text -> images, image -> captions), or its own when the gallery
+holds only that one; ranks are 1-based.
 
 This module imports numpy, onnxruntime, Pillow (image files) and the torch-free parts of rebalance_ref only; a
 test runs it with torch blocked from importing. Search is exact (`exports.serving.search.ExactIndex`, or FAISS
@@ -24,9 +29,10 @@ import numpy as np
 import onnxruntime as ort
 
 from exports.serving.gallery import GALLERY_DIR, Gallery
-from exports.serving.manifest import BundleError, read_manifest, write_manifest
+from exports.serving.manifest import BundleError, bundle_lock, read_manifest, write_manifest
 from exports.serving.search import ExactIndex, FaissFlatIndex
-from rebalance_ref.images import load_image, resize_to, to_model_input
+from rebalance_ref.files import read_json
+from rebalance_ref.images import load_image, resize_to, to_model_input, to_rgb8
 from rebalance_ref.threads import set_threads
 from rebalance_ref.tokenizer import Tokenizer
 
@@ -40,9 +46,12 @@ _EXPECTED_INPUTS = {"image_encoder": ["images"], "text_encoder": ["ids", "mask"]
 
 @dataclass
 class Hit:
-    """One search result. `score` is the cosine similarity; `itm` the ITM matched logit when re-ranked."""
+    """One search result. `score` is the cosine similarity; `itm` the ITM matched logit when re-ranked.
 
-    rank: int
+    `pixels` says where the hit's image lies in the bundle ("gallery/images.npy[i]"; for a caption, its image's),
+    so a hit is shown from the bundle alone (`Retriever.hit_pixels`); `name` and `image` are labels."""
+
+    rank: int                # 1-based
     row: int                 # row of the gallery
     kind: str                # "image" or "text"
     index: int               # index within its modality
@@ -50,6 +59,7 @@ class Hit:
     name: str | None = None      # the image's name (kind "image")
     caption: str | None = None   # the caption (kind "text")
     image: str | None = None     # the caption's image, when known (kind "text")
+    pixels: str | None = None    # "gallery/images.npy[i]": the image's pixels in the bundle, when kept
     itm: float | None = None
 
     def to_dict(self) -> dict:
@@ -86,7 +96,7 @@ class Retriever:
                              f"{', '.join(available)}")
         bundle_dir = Path(bundle_dir)
         manifest = read_manifest(bundle_dir, verify_files=verify_files)
-        graphs = manifest.get("onnx", {}).get("graphs", {})
+        graphs = manifest["onnx"]["graphs"]  # checked by read_manifest
         for required in ("image_encoder", "text_encoder"):
             if required not in graphs:
                 raise BundleError(f"{bundle_dir}: the manifest names no {required} graph")
@@ -116,7 +126,7 @@ class Retriever:
                               f"{manifest['model']['vocab_size']}")
         retriever = cls(bundle_dir, manifest, sessions, tokenizer, threads, provider, backend)
         if load_gallery and manifest.get("gallery"):
-            retriever.set_gallery(Gallery.load(bundle_dir, dim=retriever.embed_dim))
+            retriever.set_gallery(Gallery.load(bundle_dir, manifest["files"], dim=retriever.embed_dim))
         return retriever
 
     @property
@@ -137,7 +147,8 @@ class Retriever:
 
     # --- encoding --------------------------------------------------------------------------------------------
     def pixels(self, images) -> np.ndarray:
-        """uint8 (N, S, S, 3) at the model's size from a uint8 (N, H, W, 3) array or a sequence of image files."""
+        """uint8 (N, S, S, 3) at the model's size from a uint8 (N, H, W, 3) array, or a sequence whose items are
+        image files (str or Path), PIL images or uint8 (H, W, 3) arrays."""
         size = self.image_size
         if isinstance(images, np.ndarray):
             if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
@@ -148,10 +159,24 @@ class Retriever:
             return np.stack([resize_to(im, size) for im in images]) if len(images) else \
                 np.zeros((0, size, size, 3), np.uint8)
         if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
-            raise ValueError("images must be a uint8 array (N, H, W, 3) or a list of image file paths")
+            raise ValueError("images must be a uint8 array (N, H, W, 3) or a list of image files, PIL images or "
+                             "uint8 (H, W, 3) arrays")
         if not images:
             return np.zeros((0, size, size, 3), np.uint8)
-        return np.stack([load_image(path, size) for path in images])
+        return np.stack([self._one_image(item, i) for i, item in enumerate(images)])
+
+    def _one_image(self, item, position: int) -> np.ndarray:
+        """One image of a sequence as uint8 (S, S, 3)."""
+        if isinstance(item, (str, Path)):
+            return load_image(item, self.image_size)
+        if isinstance(item, np.ndarray):
+            if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:
+                raise ValueError(f"image {position} must be uint8 (H, W, 3), got {item.dtype} {item.shape}")
+            return resize_to(item, self.image_size)
+        if hasattr(item, "mode") and hasattr(item, "size"):  # a PIL image
+            return resize_to(to_rgb8(item, f"image {position}"), self.image_size)
+        raise ValueError(f"image {position} must be an image file path, a PIL image or a uint8 (H, W, 3) array, "
+                         f"got {type(item).__name__}")
 
     def encode_images(self, images, batch_size: int = 64) -> np.ndarray:
         """Image embeddings v, float32 (N, D) unit rows, from uint8 (N, H, W, 3) or a list of image files."""
@@ -165,11 +190,12 @@ class Retriever:
     def _tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         return self.tokenizer.encode(texts, max_len=self.max_len)
 
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        """Text embeddings t, float32 (B, D) unit rows; each batch is padded to its longest text."""
-        if isinstance(texts, str):
-            raise ValueError("texts must be a list of str, not a single str (wrap it in a list)")
-        texts = list(texts)
+    def encode_texts(self, texts: Sequence[str] | str, batch_size: int = 256) -> np.ndarray:
+        """Text embeddings t, float32 (B, D) unit rows (one str gives B = 1); each batch is padded to its longest."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        bad = next((i for i, text in enumerate(texts) if not isinstance(text, str)), None)
+        if bad is not None:
+            raise ValueError(f"texts must be str, got {type(texts[bad]).__name__} at position {bad}")
         out = np.empty((len(texts), self.embed_dim), np.float32)
         for lo in range(0, len(texts), batch_size):
             ids, mask = self._tokens(texts[lo:lo + batch_size])
@@ -225,14 +251,25 @@ class Retriever:
         self._faiss = {}
 
     def save_gallery(self) -> None:
-        """Write the current gallery into the bundle and re-hash the manifest."""
+        """Write the current gallery into the bundle and record its files in the manifest.
+
+        Holds the bundle's writer lock (`manifest.bundle_lock`), refuses a bundle whose manifest changed since it
+        was loaded (another writer came first), and records the hashes of the bytes it wrote; the other files keep
+        the records verified at load."""
         if self.gallery is None:
             raise ValueError("no gallery to save: call set_gallery first")
-        self.gallery.save(self.bundle_dir)
-        manifest = dict(self.manifest)
-        manifest["gallery"] = {"folder": GALLERY_DIR, "n_images": self.gallery.n_images,
-                               "n_captions": self.gallery.n_captions, "pixels": self.gallery.pixels is not None}
-        self.manifest = write_manifest(self.bundle_dir, manifest)
+        with bundle_lock(self.bundle_dir):
+            on_disk = read_json(self.bundle_dir / "manifest.json", error=BundleError)
+            if on_disk != self.manifest:
+                raise BundleError(f"bundle {self.bundle_dir} changed since it was loaded (another export or index "
+                                  f"wrote to it); load it again, then save")
+            records = {name: record for name, record in self.manifest["files"].items()
+                       if not name.startswith(f"{GALLERY_DIR}/")}
+            records.update(self.gallery.save(self.bundle_dir))
+            manifest = dict(self.manifest)
+            manifest["gallery"] = {"folder": GALLERY_DIR, "n_images": self.gallery.n_images,
+                                   "n_captions": self.gallery.n_captions, "pixels": self.gallery.pixels is not None}
+            self.manifest = write_manifest(self.bundle_dir, manifest, records)
 
     # --- search ----------------------------------------------------------------------------------------------
     def search_embeddings(self, queries: np.ndarray, k: int, modality: str = "all") -> tuple[np.ndarray, np.ndarray]:
@@ -248,10 +285,26 @@ class Retriever:
         scores, local = self._faiss[modality].search(queries, k)
         return scores, local + rows.start
 
+    def search_vectors(self, queries: np.ndarray, k: int = 5, modality: str = "all") -> list[list[Hit]]:
+        """Top-k hits for query embeddings (Q, D) or (D,), of any float dtype (searched as float32), best first."""
+        if self.gallery is None:
+            raise ValueError("the retriever has no gallery: run `rebalance index` or call set_gallery first")
+        queries = np.asarray(queries)
+        queries = queries[None] if queries.ndim == 1 else queries
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        scores, rows = self.search_embeddings(queries, int(k), modality)
+        return [[self._hit(r, int(row), float(s)) for r, (row, s) in enumerate(zip(rows[q], scores[q], strict=True),
+                                                                                start=1)]
+                for q in range(len(queries))]
+
     def _modality(self, query_kind: str, modality: str | None, rerank: bool) -> str:
+        """The gallery rows to search: as asked, else the other modality (the question a cross-modal retriever
+        answers), or the query's own when the gallery holds no item of the other."""
         other = "image" if query_kind == "text" else "text"
         if modality is None:
-            return other if rerank else "all"
+            has_other = self.gallery is None or (self.gallery.n_images if other == "image" else self.gallery.n_captions)
+            return other if rerank or has_other else query_kind
         if rerank and modality != other:
             raise ValueError(f"rerank scores {query_kind}-{other} pairs with the ITM head: a {query_kind} query can "
                              f"be re-ranked only over modality {other!r}, got {modality!r}")
@@ -261,14 +314,18 @@ class Retriever:
                rerank: bool = False, rerank_k: int | None = None) -> list[list[Hit]]:
         """Top-k hits for each query (texts, or images as uint8 (Q, H, W, 3) / files), best first.
 
-        modality: "image", "text" or "all" (mixed); default "all", or the other modality when re-ranking.
+        modality: "image", "text" or "all" (mixed); default: the other modality (text -> images, image ->
+        captions), or the query's own when the gallery has none of the other. Ranks are 1-based.
         rerank: re-score the top `rerank_k` (default: the run's k_test, at least k) cross-modal candidates with
         the ITM matched logit, as the paper's evaluation does, and return the best k of them by that logit.
         """
         if (texts is None) == (images is None):
             raise ValueError("search needs exactly one of texts= or images=")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be an int >= 1, got {k!r}")
+        if self.gallery is None:
+            raise ValueError("the retriever has no gallery: run `rebalance index` or call set_gallery first")
+        k = int(k)
         kind = "text" if texts is not None else "image"
         modality = self._modality(kind, modality, rerank)
         if kind == "text":
@@ -285,7 +342,8 @@ class Retriever:
         scores, rows = self.search_embeddings(queries, depth, modality)
         results = []
         for q in range(len(queries)):
-            hits = [self._hit(r, int(row), float(s)) for r, (row, s) in enumerate(zip(rows[q], scores[q], strict=True))]
+            hits = [self._hit(r, int(row), float(s))
+                    for r, (row, s) in enumerate(zip(rows[q], scores[q], strict=True), start=1)]
             if rerank:
                 hits = self._rerank(hits, texts[q] if kind == "text" else None,
                                     query_pixels[q] if kind == "image" else None)
@@ -309,10 +367,18 @@ class Retriever:
         batch = image[None] if isinstance(image, np.ndarray) else [image]
         return self.search(images=batch, **options)[0]
 
+    def hit_pixels(self, hit: Hit) -> np.ndarray | None:
+        """The image of a hit (for a caption: the image it describes) as uint8 (S, S, 3), from the bundle's
+        gallery; None when the gallery keeps no pixels or holds no image for that caption."""
+        if self.gallery is None or self.gallery.pixels is None:
+            return None
+        index = hit.index if hit.kind == "image" else self.gallery.caption_image(hit.index)
+        return None if index is None else self.gallery.pixels[index]
+
     def _hit(self, rank: int, row: int, score: float) -> Hit:
         info = self.gallery.describe(row)
         return Hit(rank=rank, row=row, kind=info["kind"], index=info["index"], score=score, name=info.get("name"),
-                   caption=info.get("caption"), image=info.get("image"))
+                   caption=info.get("caption"), image=info.get("image"), pixels=info.get("pixels"))
 
     def _rerank(self, hits: list[Hit], text: str | None, pixels: np.ndarray | None) -> list[Hit]:
         """Order cross-modal candidates by ITM matched logit (ties: cosine order); ranks renumbered."""
@@ -328,7 +394,7 @@ class Retriever:
         logits = self.itm_logits(pair_pixels, pair_texts) if hits else np.zeros(0, np.float32)
         order = sorted(range(len(hits)), key=lambda i: (-float(logits[i]), i))
         out = []
-        for rank, i in enumerate(order):
+        for rank, i in enumerate(order, start=1):
             hit = hits[i]
             hit.itm, hit.rank = float(logits[i]), rank
             out.append(hit)
@@ -355,10 +421,13 @@ def index_split(retriever: Retriever, split, what: str = "both", keep_pixels: bo
 
 
 def format_hits(hits: list[Hit]) -> str:
-    """Hits as aligned text lines: rank, kind, cosine, ITM logit (when re-ranked), and the item."""
+    """Hits as aligned text lines: rank (1-based), kind, cosine, ITM logit (when re-ranked), and the item."""
     lines = []
     for hit in hits:
         itm = "" if hit.itm is None else f"  itm {hit.itm:+.3f}"
-        what = hit.name if hit.kind == "image" else f'"{hit.caption}"' + (f"  [{hit.image}]" if hit.image else "")
-        lines.append(f"{hit.rank + 1:>3}. {hit.kind:<5}  cos {hit.score:+.3f}{itm}  {what}")
+        if hit.kind == "image":
+            what = hit.name + (f"  [{hit.pixels}]" if hit.pixels else "")
+        else:
+            what = f'"{hit.caption}"' + (f"  [{hit.image}]" if hit.image else "")
+        lines.append(f"{hit.rank:>3}. {hit.kind:<5}  cos {hit.score:+.3f}{itm}  {what}")
     return "\n".join(lines)

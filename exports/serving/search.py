@@ -36,12 +36,18 @@ _MIN_FLUSH = 4096
 _HOT_SHARE = 4
 
 
-def _check_2d(name: str, array: np.ndarray) -> None:
+def _check_2d(name: str, array: np.ndarray) -> np.ndarray:
+    """`array` as float32 (rows, dim): any real floating dtype is converted (float16, float64, ...), anything
+    else refused; a float32 array is returned as it is (not copied)."""
     if not isinstance(array, np.ndarray) or array.ndim != 2:
         shape = getattr(array, "shape", None)
         raise ValueError(f"{name} must be a 2-D array (rows, dim), got shape {shape}")
-    if array.dtype != np.float32:
-        raise ValueError(f"{name} must be float32, got {array.dtype}")
+    if array.dtype == np.float32:
+        return array
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"{name} must be a floating-point array (converted to float32), got {array.dtype}")
+    with np.errstate(over="ignore"):
+        return array.astype(np.float32)
 
 
 def block_rows(n_queries: int, n_gallery: int, k: int, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
@@ -59,14 +65,14 @@ class ExactIndex:
     """
 
     def __init__(self, embeddings: np.ndarray, *, block_bytes: int = DEFAULT_BLOCK_BYTES):
-        _check_2d("embeddings", embeddings)
+        embeddings = _check_2d("embeddings", embeddings)
         self.columns = np.ascontiguousarray(embeddings.T)  # (D, N)
         self.block_bytes = int(block_bytes)
 
     @classmethod
     def from_columns(cls, columns: np.ndarray, *, block_bytes: int = DEFAULT_BLOCK_BYTES) -> ExactIndex:
         """An index over a gallery already stored as float32 (D, N), e.g. a read-only `np.memmap`, not copied."""
-        _check_2d("columns", columns)
+        columns = _check_2d("columns", columns)
         index = cls.__new__(cls)
         index.columns, index.block_bytes = columns, int(block_bytes)
         return index
@@ -82,11 +88,12 @@ class ExactIndex:
     def search(self, queries: np.ndarray, k: int, rows: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The k gallery rows with the largest inner product with each query.
 
-        queries: float32 (Q, D). Returns (scores float32 (Q, k'), indices int64 (Q, k')) with k' = min(k, N),
+        queries: (Q, D), any float dtype (searched as float32). Returns (scores float32 (Q, k'), indices int64
+        (Q, k')) with k' = min(k, N),
         each row sorted by descending score, ties by ascending index. `rows` restricts the search to a contiguous
         slice of the gallery (the indices returned stay those of the whole gallery).
         """
-        _check_2d("queries", queries)
+        queries = _check_2d("queries", queries)
         if queries.shape[1] != self.dim:
             raise ValueError(f"queries have dim {queries.shape[1]} but the gallery has dim {self.dim}")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -269,7 +276,7 @@ class FaissFlatIndex:
     """
 
     def __init__(self, gallery: np.ndarray, threads: int = 1, blas_threshold: int | None = 20):
-        _check_2d("gallery", gallery)
+        gallery = _check_2d("gallery", gallery)
         try:
             import faiss
         except ImportError as error:
@@ -283,7 +290,7 @@ class FaissFlatIndex:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores float32 (Q, k'), indices int64 (Q, k')), like `exact_topk` (ties may come in another order)."""
-        _check_2d("queries", queries)
+        queries = _check_2d("queries", queries)
         k = min(int(k), self.index.ntotal)
         scores, indices = self.index.search(np.ascontiguousarray(queries), k)
         return scores.astype(np.float32), indices.astype(np.int64)

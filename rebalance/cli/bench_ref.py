@@ -234,7 +234,7 @@ def _print_report(report: dict) -> None:
                f"{r['ratio']:.1f}x   (max |diff| = {r['max_abs_diff']:.1e})")
 
 
-@click.command("ref")
+@click.command("ref", short_help="Metrics, ROUGE-L and KD vs baselines.")
 @threads_option
 @json_option
 @seed_option

@@ -57,7 +57,7 @@ def _print(report: dict) -> None:
     click.echo(f"\npeak resident memory of this process: {report['peak_rss_mib']:.0f} MiB")
 
 
-@click.command("retrieval")
+@click.command("retrieval", short_help="Encode latency and exact top-k search.")
 @threads_option
 @seed_option
 @json_option

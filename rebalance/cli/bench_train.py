@@ -71,8 +71,9 @@ def measure(batch_size: int = 64, repeats: int = 15, seed: int = 0, model: str =
                            for name, s in samples.items()}}
 
 
-@click.command("train")
-@click.option("--batch-size", type=click.IntRange(min=2), default=64, show_default=True)
+@click.command("train", short_help="Step time: full objective vs ITC + ITM.")
+@click.option("--batch-size", type=click.IntRange(min=2), default=64, show_default=True,
+              help="Caption rows per training step.")
 @click.option("--repeats", type=click.IntRange(min=1), default=15, show_default=True,
               help="Alternating samples per condition.")
 @click.option("--model", default="tiny", show_default=True, help="Student size preset (tiny, small).")

@@ -17,7 +17,7 @@ import click
 from rebalance import cli as cli_package
 
 
-@click.group()
+@click.group(short_help="Speed ratios measured side by side.")
 def bench() -> None:
     """Benchmarks: timings and speed ratios measured side by side in one run (medians over repeats)."""
 

@@ -11,7 +11,7 @@ import click
 from rebalance.cli.options import json_option, seed_option, set_threads, threads_option
 
 
-@click.group()
+@click.group(short_help="Make and inspect image-caption folders.")
 def data() -> None:
     """Make and inspect image-caption data folders (Karpathy-style JSON + PNGs)."""
 
@@ -22,7 +22,7 @@ def _preset_names() -> list[str]:
     return sorted(PRESETS)
 
 
-@data.command()
+@data.command(short_help="Write a shapes-world data folder.")
 @click.option("--preset", type=click.Choice(_preset_names()), default="text-poor", show_default=True,
               help="Imbalance preset of the shapes world (see docs/data.md).")
 @click.option("--n-train", type=click.IntRange(min=1), default=2000, show_default=True, help="Training images.")
@@ -60,22 +60,27 @@ def make(preset: str, n_train: int, n_val: int, n_test: int, seed: int, size: in
                    f"preset {preset}, seed {seed}")
 
 
-@data.command()
+@data.command(short_help="A PNG grid of scenes and captions.")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True,
+              help="Split of the data folder to show.")
 @click.option("--n", "n", type=click.IntRange(min=1), default=16, show_default=True, help="Scenes to show.")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="PNG to write.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--size", type=click.IntRange(min=8), default=None,
               help="Resize images to this side (default: as recorded, or 64 for folders without metadata).")
 @threads_option
-def show(data_dir: Path, split: str, n: int, out: Path, size: int | None, threads: int) -> None:
+def show(data_dir: Path, split: str, n: int, out: Path, force: bool, size: int | None, threads: int) -> None:
     """Write a PNG grid of scenes with their captions (and canonical description, when known)."""
     set_threads(threads)
+    if out.exists() and not force:
+        raise click.UsageError(f"--out {out} exists; pass --force to replace it")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from rebalance_ref.files import atomic_path
     from rebalance_ref.karpathy import DataError, read_dataset
 
     try:
@@ -105,7 +110,8 @@ def show(data_dir: Path, split: str, n: int, out: Path, size: int | None, thread
                      family="monospace")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     click.echo(f"wrote {out} ({len(ds)} {split} scenes from {data_dir})")
 

@@ -1,22 +1,27 @@
 """`rebalance export`, `rebalance index`, `rebalance search`: bundle a trained student and serve it.
 
-`export` needs torch (it reads the run's checkpoint); `index` and `search` run on numpy + onnxruntime alone,
-so a bundle copied to a machine without torch can be indexed and searched there.
+`export` needs torch (it reads the run's checkpoint); `index` and `search` run on numpy + onnxruntime (and
+Pillow for `--grid`) alone, so a bundle copied to a machine without torch can be indexed and searched there.
+`export` and `index` hold the bundle's writer lock, and replace an existing bundle or gallery only with --force.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
 from rebalance.cli.options import json_option, set_threads, threads_option
 
 
-@click.command("export")
+@click.command("export", short_help="Export a run's student to an ONNX bundle.")
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="Training run folder.")
-@click.option("--out", "out", required=True, type=click.Path(), help="Bundle folder to write (replaced if a bundle).")
+@click.option("--out", "out", required=True, type=click.Path(),
+              help="Bundle folder to write: absent, empty, or a bundle to replace with --force.")
+@click.option("--force", is_flag=True,
+              help="Replace the bundle in --out (only files it lists are removed; other files make export stop).")
 @click.option("--which", default="best", show_default=True, help="Checkpoint: best, last, stage1-best, ...")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
               help="torch.onnx exporter (dynamo=False or True); see docs/export.md.")
@@ -24,14 +29,14 @@ from rebalance.cli.options import json_option, set_threads, threads_option
 @click.option("--verify", "verify", is_flag=True, help="Check the bundle against torch; exit 1 if it fails.")
 @threads_option
 @json_option
-def export(run_dir: str, out: str, which: str, exporter: str, opset: int, verify: bool, threads: int,
+def export(run_dir: str, out: str, force: bool, which: str, exporter: str, opset: int, verify: bool, threads: int,
            as_json: bool) -> None:
     """Export a run's student to an ONNX bundle (image/text encoders, ITM scorer, tokenizer, manifest)."""
     set_threads(threads)
     from exports.exporter.export import export_bundle
     from exports.exporter.verify import verify_run_bundle
 
-    bundle = export_bundle(run_dir, out, which=which, exporter=exporter, opset=opset)
+    bundle = export_bundle(run_dir, out, which=which, exporter=exporter, opset=opset, force=force)
     report = verify_run_bundle(bundle, run_dir, which=which, threads=threads) if verify else None
     if as_json:
         click.echo(json.dumps({"bundle": str(bundle), "verify": report.to_dict() if report else None}, indent=2))
@@ -43,7 +48,7 @@ def export(run_dir: str, out: str, which: str, exporter: str, opset: int, verify
         sys.exit(1)
 
 
-@click.command("index")
+@click.command("index", short_help="Embed a data split as a bundle's gallery.")
 @click.option("--bundle", "bundle", required=True, type=click.Path(file_okay=False), help="Bundle folder.")
 @click.option("--data", "data", required=True, type=click.Path(file_okay=False),
               help="Data folder (Karpathy-style JSON + images, e.g. from `rebalance data make`).")
@@ -51,19 +56,30 @@ def export(run_dir: str, out: str, which: str, exporter: str, opset: int, verify
 @click.option("--what", type=click.Choice(["both", "images", "captions"]), default="both", show_default=True,
               help="Gallery items: images, captions, or both (mixed retrieval).")
 @click.option("--pixels/--no-pixels", default=True, show_default=True,
-              help="Keep the images' pixels in the bundle (needed to re-rank image candidates).")
+              help="Keep the images' pixels in the bundle (needed to re-rank image candidates and to show hits).")
+@click.option("--force", is_flag=True, help="Replace the gallery the bundle already holds.")
 @threads_option
 @json_option
-def index(bundle: str, data: str, split: str, what: str, pixels: bool, threads: int, as_json: bool) -> None:
-    """Embed a dataset split into the bundle's gallery (numpy + onnxruntime only)."""
+def index(bundle: str, data: str, split: str, what: str, pixels: bool, force: bool, threads: int,
+          as_json: bool) -> None:
+    """Embed a dataset split into the bundle's gallery (numpy + onnxruntime only).
+
+    Holds the bundle's writer lock from start to end: a second `index` or `export` into the same bundle stops
+    with a message instead of mixing its files with these."""
     set_threads(threads)
+    from exports.serving.manifest import bundle_lock
     from exports.serving.runtime import Retriever, index_split
     from rebalance_ref.karpathy import read_dataset
 
-    retriever = Retriever.load(bundle, threads=threads, load_gallery=False)
-    splits = read_dataset(data, image_size=retriever.image_size, splits=(split,), expect_captions=None)
-    gallery = index_split(retriever, splits[split], what=what, keep_pixels=pixels)
-    retriever.save_gallery()
+    with bundle_lock(bundle):
+        retriever = Retriever.load(bundle, threads=threads, load_gallery=False)
+        if retriever.manifest.get("gallery") and not force:
+            raise click.UsageError(f"bundle {bundle} already holds a gallery; pass --force to replace it")
+        splits = read_dataset(data, image_size=retriever.image_size, splits=(split,), expect_captions=None)
+        if split not in splits:
+            raise click.BadParameter(f"{data} has no {split} split", param_hint="--split")
+        gallery = index_split(retriever, splits[split], what=what, keep_pixels=pixels)
+        retriever.save_gallery()
     summary = {"bundle": bundle, "images": gallery.n_images, "captions": gallery.n_captions,
                "pixels": gallery.pixels is not None}
     if as_json:
@@ -72,13 +88,17 @@ def index(bundle: str, data: str, split: str, what: str, pixels: bool, threads: 
         click.echo(f"indexed {gallery.n_images} images and {gallery.n_captions} captions into {bundle}")
 
 
-@click.command("search")
+@click.command("search", short_help="Search a bundle's gallery by text or image.")
 @click.option("--bundle", "bundle", required=True, type=click.Path(file_okay=False), help="Bundle folder.")
 @click.option("--text", "text", default=None, help="Query text.")
 @click.option("--image", "image", default=None, type=click.Path(dir_okay=False), help="Query image file.")
 @click.option("--k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="Results to return.")
 @click.option("--modality", type=click.Choice(["all", "image", "text"]), default=None,
-              help="Gallery items to search [default: all; with --rerank, the other modality].")
+              help="Gallery items to search: image, text, or all (mixed) [default: the other modality — images "
+                   "for --text, captions for --image — or the query's own if the gallery has no other].")
+@click.option("--grid", "grid", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a PNG contact sheet of the query and its hits, with ranks and scores.")
+@click.option("--force", is_flag=True, help="Replace the --grid file if it exists.")
 @click.option("--rerank", is_flag=True, help="Re-score the top candidates with the ITM head.")
 @click.option("--rerank-k", type=click.IntRange(min=1), default=None,
               help="Candidates to re-score [default: the run's k_test].")
@@ -86,11 +106,16 @@ def index(bundle: str, data: str, split: str, what: str, pixels: bool, threads: 
               help="Exact search backend (faiss needs the faiss package).")
 @threads_option
 @json_option
-def search(bundle: str, text: str | None, image: str | None, k: int, modality: str | None, rerank: bool,
-           rerank_k: int | None, backend: str, threads: int, as_json: bool) -> None:
-    """Search the bundle's gallery with a text or an image (numpy + onnxruntime only)."""
+def search(bundle: str, text: str | None, image: str | None, k: int, modality: str | None, grid: Path | None,
+           force: bool, rerank: bool, rerank_k: int | None, backend: str, threads: int, as_json: bool) -> None:
+    """Search the bundle's gallery with a text or an image (numpy + onnxruntime only).
+
+    Hits are ranked from 1; an image hit names the row of the bundle's gallery/images.npy that holds its pixels,
+    so it can be shown from the bundle alone (--grid does)."""
     if (text is None) == (image is None):
         raise click.UsageError("give exactly one of --text or --image")
+    if grid is not None and grid.exists() and not force:
+        raise click.UsageError(f"--grid {grid} exists; pass --force to replace it")
     set_threads(threads)
     from exports.serving.runtime import Retriever, format_hits
 
@@ -102,12 +127,22 @@ def search(bundle: str, text: str | None, image: str | None, k: int, modality: s
     options = {"k": k, "modality": modality, "rerank": rerank, "rerank_k": rerank_k}
     hits = retriever.search_text(text, **options) if text is not None else retriever.search_image(image, **options)
     query = {"text": text} if text is not None else {"image": image}
+    if grid is not None:
+        from rebalance.contact_sheet import write_contact_sheet
+        from rebalance_ref.images import load_image
+
+        query_pixels = None if image is None else load_image(image, retriever.image_size)
+        write_contact_sheet(grid, retriever, hits, query_text=text, query_image=query_pixels,
+                            title=f"{Path(bundle).name}: top {len(hits)} of the gallery")
     if as_json:
         click.echo(json.dumps({"query": query, "k": k, "rerank": rerank, "unknown_words": unknown,
+                               "grid": None if grid is None else str(grid),
                                "hits": [h.to_dict() for h in hits]}, indent=2))
     else:
         click.echo(f"query: {text if text is not None else image}")
         click.echo(format_hits(hits))
+        if grid is not None:
+            click.echo(f"contact sheet: {grid}")
 
 
 COMMANDS = [export, index, search]

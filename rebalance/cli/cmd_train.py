@@ -102,7 +102,7 @@ def _parse_stages(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in parts)
 
 
-@click.command("train")
+@click.command("train", short_help="Train a student: stage 1, then stage 2.")
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Run folder.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
               help="A config.json to start from; options given here override it.")
@@ -166,11 +166,13 @@ def train_command(out, config_file, weights, tau_clamp, stages, init, resume, ba
 
 # --- eval ------------------------------------------------------------------------------------------------------
 
-@click.command("eval")
-@click.option("--run", "run_dir", type=click.Path(file_okay=False, exists=True), required=True)
-@click.option("--which", default="best", show_default=True,
+@click.command("eval", short_help="Evaluate a run with the paper's protocol.")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, exists=True), required=True,
+              help="Training run folder.")
+@click.option("--which", default="best", show_default=True, help="Checkpoint of the run to evaluate.",
               type=click.Choice(["best", "last", "stage1-best", "stage1-last", "stage2-best", "stage2-last"]))
-@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val"]))
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val"]),
+              help="Split to evaluate on (val is the one model selection used).")
 @_DEVICE
 @threads_option
 @json_option
@@ -194,7 +196,7 @@ def eval_command(run_dir, which, split, device, threads, as_json):
 
 # --- demo ------------------------------------------------------------------------------------------------------
 
-@click.command("demo")
+@click.command("demo", short_help="The main job, end to end, in one folder.")
 @click.option("--fast", is_flag=True, help="A smaller, quicker demo (≤ 45 s on 2 cores) for CI and tutorials.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run folder (default runs/demo, or runs/demo-fast with --fast); must not hold a run yet.")
@@ -220,9 +222,10 @@ def demo_command(fast, out, seed, device, threads, as_json):
 
 # --- ablate ----------------------------------------------------------------------------------------------------
 
-@click.command("ablate")
+@click.command("ablate", short_help="Paired ablation of the objective's terms.")
 @click.option("--preset", required=True, help="Shapes-world preset: balanced, text-poor, image-poor, ...")
-@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Seeds per condition (0, 1, ...).")
 @click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True,
               help="Parallel processes (one thread each).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Default runs/ablate-PRESET.")

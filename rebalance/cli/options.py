@@ -19,5 +19,6 @@ def set_threads(n: int) -> None:
 threads_option = click.option(
     "--threads", type=int, default=1, show_default=True, help="Threads for torch/BLAS in this process."
 )
-seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+seed_option = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+                           help="Random seed (a whole number >= 0).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from exports.exporter import export as export_module
@@ -74,9 +75,9 @@ def test_a_failed_export_leaves_the_previous_bundle_intact(bundle, student_and_t
 
     monkeypatch.setattr(export_module, "_export_graph", broken)
     with pytest.raises(RuntimeError, match="exporter crashed"):
-        export_student(*student_and_tokenizer, bundle)
+        export_student(*student_and_tokenizer, bundle, force=True)
     assert (bundle / "manifest.json").read_text() == before
-    assert [p.name for p in bundle.parent.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in bundle.parent.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [({"exporter": "jit"}, "exporter must be one of"),
@@ -98,9 +99,12 @@ def test_export_and_search_serves_a_run_folder(tmp_path, student_and_tokenizer, 
              "student": student.state_dict()}
     ckpt.save_checkpoint(state, ckpt.checkpoint_path(tmp_path, 2, "best"))
     tokenizer.save(tmp_path / "tokenizer.json")
-    bundle, query, hits = export_and_search(tmp_path, tmp_path / "bundle", world, k=3, modality="image")
+    retriever, query, hits = export_and_search(tmp_path, tmp_path / "bundle", world, k=3)
+    bundle = retriever.bundle_dir
     assert query == world.captions[0][0]
-    assert [h.kind for h in hits] == ["image"] * 3
+    assert [h.kind for h in hits] == ["image"] * 3  # a text query searches the images by default
+    assert [h.rank for h in hits] == [1, 2, 3]
+    np.testing.assert_array_equal(retriever.hit_pixels(hits[0]), world.images[hits[0].index])
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["source"]["checkpoint"] == "stage2-best.pt" and manifest["k_test"] == config.k_test
     assert manifest["gallery"] == {"folder": "gallery", "n_images": len(world), "n_captions": 5 * len(world),

@@ -41,7 +41,7 @@ def test_search_rankings_equal_torch_up_to_ties(exported, student_and_tokenizer,
 def test_mixed_gallery_returns_both_modalities_in_score_order(exported, world):
     retriever = Retriever.load(exported)
     gallery = index_split(retriever, world)
-    hits = retriever.search_text(world.captions[0][0], k=gallery.n_images + gallery.n_captions)
+    hits = retriever.search_text(world.captions[0][0], k=gallery.n_images + gallery.n_captions, modality="all")
     assert {h.kind for h in hits} == {"image", "text"}
     scores = [h.score for h in hits]
     assert scores == sorted(scores, reverse=True)
@@ -105,7 +105,7 @@ TORCH_FREE = textwrap.dedent("""
     retriever = Retriever.load(sys.argv[1], threads=1)
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     retriever.set_gallery(retriever.build_gallery(images=images, captions=["a red circle", "a blue square"]))
-    text_hits = retriever.search_text("a red circle", k=8)
+    text_hits = retriever.search_text("a red circle", k=8, modality="all")
     image_hits = retriever.search_image(images[2], k=3, rerank=True)
     print(json.dumps({"kinds": sorted({h.kind for h in text_hits}), "top_image_hit": image_hits[0].to_dict(),
                       "torch_loaded": any(m == "torch" or m.startswith("torch.") for m in sys.modules)}))
@@ -146,6 +146,6 @@ def test_the_gallery_is_held_once_in_memory(exported, world):
     gallery = index_split(retriever, world)
     assert np.shares_memory(gallery.embeddings, retriever._index.columns)
     query = world.captions[1][0]
-    hits = retriever.search_text(query, k=3)
+    hits = retriever.search_text(query, k=3, modality="all")
     best = np.sort(gallery.embeddings @ retriever.encode_texts([query])[0])[::-1][:3]
     np.testing.assert_allclose([h.score for h in hits], best, atol=1e-6)

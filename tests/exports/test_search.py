@@ -56,7 +56,8 @@ def test_k_larger_than_gallery_and_empty_inputs():
 
 
 @pytest.mark.parametrize(("queries", "gallery", "k", "match"), [
-    (np.zeros((1, 3), np.float64), np.zeros((4, 3), np.float32), 1, "queries must be float32"),
+    (np.zeros((1, 3), np.int64), np.zeros((4, 3), np.float32), 1, "queries must be a floating-point array"),
+    (np.zeros((1, 3), np.float32), np.zeros((4, 3), np.bool_), 1, "embeddings must be a floating-point array"),
     (np.zeros(3, np.float32), np.zeros((4, 3), np.float32), 1, "queries must be a 2-D array"),
     (np.zeros((1, 2), np.float32), np.zeros((4, 3), np.float32), 1, "dim 2 but the gallery has dim 3"),
     (np.zeros((1, 3), np.float32), np.zeros((4, 3), np.float32), 0, "k must be a positive integer"),
@@ -65,6 +66,17 @@ def test_k_larger_than_gallery_and_empty_inputs():
 def test_bad_input_is_named(queries, gallery, k, match):
     with pytest.raises(ValueError, match=match):
         exact_topk(queries, gallery, k)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64, np.longdouble])
+def test_any_float_dtype_searches_as_float32(dtype):
+    rng = np.random.default_rng(3)
+    gallery, queries = rng.normal(size=(50, 8)), rng.normal(size=(4, 8))
+    want = exact_topk(queries.astype(np.float32), gallery.astype(np.float32), 5)
+    got = exact_topk(queries.astype(dtype), gallery.astype(dtype), 5)
+    cast = exact_topk(queries.astype(dtype).astype(np.float32), gallery.astype(dtype).astype(np.float32), 5)
+    np.testing.assert_array_equal(got[1], cast[1])  # the same search as converting first
+    assert got[0].dtype == np.float32 and (dtype == np.float16 or np.array_equal(got[1], want[1]))
 
 
 def test_block_rows_bounds_memory():

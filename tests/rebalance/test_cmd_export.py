@@ -51,12 +51,59 @@ def indexed(run_and_data):
 
 def test_search_text_json_lists_k_hits_of_both_kinds(indexed):
     bundle, _, world = indexed
-    result = _run("search", "--bundle", bundle, "--text", world.captions[0][0], "--k", 72, "--json")
+    result = _run("search", "--bundle", bundle, "--text", world.captions[0][0], "--k", 72, "--modality", "all",
+                  "--json")
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert out["query"] == {"text": world.captions[0][0]} and len(out["hits"]) == 72
     assert {h["kind"] for h in out["hits"]} == {"image", "text"}
-    assert [h["rank"] for h in out["hits"]] == list(range(72))
+    assert [h["rank"] for h in out["hits"]] == list(range(1, 73))
+
+
+def test_a_text_query_returns_images_by_default_ranked_from_1_and_shown_from_the_bundle(indexed):
+    bundle, _, world = indexed
+    result = _run("search", "--bundle", bundle, "--text", world.captions[0][0], "--k", 3, "--json")
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.output)["hits"]
+    assert [h["kind"] for h in hits] == ["image"] * 3 and [h["rank"] for h in hits] == [1, 2, 3]
+    assert all(h["pixels"] == f"gallery/images.npy[{h['index']}]" for h in hits)
+    text = _run("search", "--bundle", bundle, "--text", world.captions[0][0], "--k", 3).output
+    assert "  1. image" in text and "  0. " not in text
+
+
+def test_search_grid_writes_a_contact_sheet_and_keeps_an_existing_file_without_force(indexed, tmp_path):
+    from PIL import Image
+
+    bundle, data, world = indexed
+    grid = tmp_path / "hits.png"
+    result = _run("search", "--bundle", bundle, "--image", data / "images" / world.names[0], "--k", 4, "--grid", grid)
+    assert result.exit_code == 0, result.output
+    with Image.open(grid) as sheet:
+        assert sheet.format == "PNG" and sheet.width >= 5 * 128  # the query and four hits
+    before = grid.read_bytes()
+    again = _run("search", "--bundle", bundle, "--text", "a red circle", "--grid", grid)
+    assert again.exit_code == 2 and "--force" in again.output and grid.read_bytes() == before
+    assert _run("search", "--bundle", bundle, "--text", "a red circle", "--grid", grid, "--force").exit_code == 0
+    assert grid.read_bytes() != before
+
+
+def test_index_over_a_gallery_needs_force(indexed, tmp_path):
+    import shutil
+
+    bundle, data, _ = indexed
+    copy = shutil.copytree(bundle, tmp_path / "b")
+    result = _run("index", "--bundle", copy, "--data", data, "--what", "images")
+    assert result.exit_code == 2 and "already holds a gallery; pass --force" in result.output
+    result = _run("index", "--bundle", copy, "--data", data, "--what", "images", "--force", "--json")
+    assert result.exit_code == 0 and json.loads(result.output)["captions"] == 0
+
+
+def test_export_over_a_bundle_needs_force(indexed, run_and_data):
+    root, _ = run_and_data
+    bundle, _, _ = indexed
+    result = _run("export", "--run", root / "run", "--out", bundle)
+    assert result.exit_code == 1 and "pass --force" in result.output
+    assert (bundle / "gallery" / "embeddings.npy").is_file()
 
 
 def test_search_image_with_rerank_returns_captions_with_itm(indexed):

@@ -54,3 +54,34 @@ def test_missing_data_folder_is_a_usage_error(tmp_path):
     result = CliRunner().invoke(cli, ["teachers", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "t")])
     assert result.exit_code == 2
     assert "--data" in result.output
+
+
+def test_teachers_asks_for_force_before_replacing_features(data_dir, tmp_path):
+    out = tmp_path / "teachers"
+    out.mkdir()
+    (out / "train_image.npy").write_bytes(b"mine")
+    result = CliRunner().invoke(cli, ["teachers", "--data", str(data_dir), "--out", str(out), "--epochs", "1"])
+    assert result.exit_code == 2 and "--force" in result.output
+    assert (out / "train_image.npy").read_bytes() == b"mine"
+
+
+def test_a_folder_without_metadata_names_the_image_size_option(data_dir, tmp_path):
+    import shutil
+
+    plain = shutil.copytree(data_dir, tmp_path / "plain")
+    (plain / "metadata.json").unlink()  # a Karpathy-style folder: JSON files and images only
+    args = ["teachers", "--data", str(plain), "--image-teacher", "ssl", "--epochs", "1"]
+    result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "a")])
+    assert result.exit_code == 2 and "--image-size" in result.output
+    odd = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "b"), "--image-size", "30"])
+    assert odd.exit_code == 2 and "multiple of 8" in odd.output
+    result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "c"), "--image-size", "32", "--json"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "c" / "train_image.npy").is_file()
+
+
+@pytest.mark.parametrize("command", [["teachers", "--data", "d", "--out", "o"], ["data", "make", "--out", "o"],
+                                     ["bench", "retrieval", "--skip-encode"], ["demo", "--fast"]])
+def test_a_negative_seed_is_a_clear_usage_error(command):
+    result = CliRunner().invoke(cli, [*command, "--seed", "-1"])
+    assert result.exit_code == 2 and "'--seed'" in result.output and "-1" in result.output

@@ -31,11 +31,18 @@ def test_demo_fast_runs_end_to_end_into_one_folder(demo):
                                         "total"}
     assert results["config"] == demo_config(fast=True).to_dict()
     for name in ("results.md", "report.md", "plots/full_vs_baseline.png", "plots/traces.png", "plots/relations.png",
+                 "plots/search.png",
                  "teacher_check.json", "baseline/eval.json", "teachers/report.json", "bundle/manifest.json"):
         assert (out / name).is_file(), name
     assert "| stage 2 full objective |" in stdout and "Full vs baseline:" in stdout
     search = results["search"]  # the exported bundle answered one query through onnxruntime
     assert len(search["hits"]) == 5 and search["query"] in stdout
+    # the showcase search answers a text with images, ranked from 1, each shown from the bundle in the run folder
+    assert [h["kind"] for h in search["hits"]] == ["image"] * 5
+    assert [h["rank"] for h in search["hits"]] == [1, 2, 3, 4, 5]
+    assert all(h["pixels"] == f"gallery/images.npy[{h['index']}]" for h in search["hits"])
+    assert search["grid"] == "plots/search.png"
+    assert "![search hits](plots/search.png)" in (out / "results.md").read_text()
 
 
 def test_the_demo_folder_loads_as_the_full_run_and_its_baseline(demo):
