@@ -246,8 +246,9 @@ def train_image_teacher(train: CaptionedImages, kind: str = "supervised", seed: 
     targets = None
     if kind == "supervised":
         if train.attributes is None:
-            raise ValueError("kind='supervised' needs scene attributes (synthetic shapes-world data); this data has "
-                             "none (real image-caption data): use kind='ssl', the self-supervised image teacher")
+            raise ValueError("the supervised image teacher needs scene attributes (synthetic shapes-world data); this "
+                             "data has none (real image-caption data): use the self-supervised one (--image-teacher "
+                             "ssl, or image_teacher='ssl' in a config)")
         from rebalance_ref.shapes import attribute_targets
 
         y, names = attribute_targets(train.attributes)
