@@ -30,6 +30,7 @@ GALLERY_DIR = "gallery"
 ITEMS_FORMAT = "rebalance-gallery"
 ITEMS_VERSION = 1
 KINDS = ("image", "text")
+MODALITIES = KINDS + ("all",)  # what a search may ask for: one kind of item, or both (mixed retrieval)
 REQUIRED = ("embeddings.npy", "items.json")
 PIXELS = "images.npy"
 
@@ -79,7 +80,7 @@ class Gallery:
             return slice(self.n_images, self.n_images + self.n_captions)
         if modality == "all":
             return slice(0, self.n_images + self.n_captions)
-        raise ValueError(f"modality must be 'image', 'text' or 'all', got {modality!r}")
+        raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
 
     def describe(self, row: int) -> dict:
         """What gallery row `row` stands for: kind, index within its modality, and its name or caption."""

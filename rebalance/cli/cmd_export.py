@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from exports.serving.gallery import MODALITIES
 from rebalance.cli.options import json_option, set_threads, threads_option
 
 
@@ -93,7 +94,7 @@ def index(bundle: str, data: str, split: str, what: str, pixels: bool, force: bo
 @click.option("--text", "text", default=None, help="Query text.")
 @click.option("--image", "image", default=None, type=click.Path(dir_okay=False), help="Query image file.")
 @click.option("--k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="Results to return.")
-@click.option("--modality", type=click.Choice(["all", "image", "text"]), default=None,
+@click.option("--modality", type=click.Choice(MODALITIES), default=None,
               help="Gallery items to search: image, text, or all (mixed) [default: the other modality — images "
                    "for --text, captions for --image — or the query's own if the gallery has no other].")
 @click.option("--grid", "grid", default=None, type=click.Path(dir_okay=False, path_type=Path),
