@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rebalance_ref.limits import MAX_IMAGE_SIZE, MAX_TOKENS, MAX_VOCAB_SIZE
-from rebalance_torch.experts import install_experts, moe_options
+from rebalance_torch.moe import install_experts, moe_options
 
 # CLIP's per-channel statistics, the official code's normalisation; a user may set their data's own.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -11,7 +11,7 @@ One step on a batch of B caption rows (image index `idx`, teacher features `a`, 
     IIC, TTC  = single_contrast(v, W_sv a, τ, idx), single_contrast(t, W_st b, τ, idx)
     KD/KDI/KDT= structure terms of the student relation (fused z, or the projected [v, t]) vs λ·S(b) + (1−λ)·S(a)
     MoE aux   = with a mixture-of-experts student: importance, load, local and global routing entropy
-                (rebalance_torch.experts.auxiliary_terms), by name like every other term
+                (rebalance_torch.moe.auxiliary_terms), by name like every other term
     L         = Σ weight[name] · term[name]
 
 The terms come back as detached 0-d tensors: turning them into Python numbers waits for the device, so the
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rebalance_torch import experts, losses
+from rebalance_torch import losses, moe
 from rebalance_torch.config import LOSS_NAMES, STRUCTURE_TERMS, TrainConfig
 from rebalance_torch.distributed import DistContext
 from rebalance_torch.models import Student
@@ -129,7 +129,7 @@ def compute_losses(student: Student, objective: Objective | None, config: TrainC
     elif w["itc"]:
         terms["itc"] = losses.itc(v_all, t_all, tau, idx_all)
     if student.config.moe:   # always collected, so that the routers' records never pile up
-        terms.update(experts.auxiliary_terms(student, w, config.moe_min_experts))
+        terms.update(moe.auxiliary_terms(student, w, config.moe_min_experts))
     need_z = stage == 2 and config.student_relation == "fused" and any(w[k] for k in STRUCTURE_TERMS)
     z = None
     if w["itm"] or need_z:
