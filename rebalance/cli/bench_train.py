@@ -3,9 +3,10 @@
 One training step = forward, backward and the AdamW update of the student (and, in stage 2, the objective's own
 parameters), on one batch of the text-poor shapes world with teacher features of the teachers' width. Conditions:
 the compute-matched baseline (ITC + 2·ITM), the full objective (1, 2, 1, 2, 2, 1, 1, KD on the fused z), and the
-full objective with KD on the projected [v, t], and the methods' options on the baseline: ITC with ALBEF's momentum
-distillation (EMA copy, queue of 512), and a LIMoE student (8 experts in the last block of each tower, shared
-by the towers, top-1, with its four auxiliary terms; docs/experts.md). Samples alternate between the conditions (A B C A B C ...,
+full objective with KD on the projected [v, t], and the methods' options on the baseline: ITC with ALBEF's
+momentum distillation (EMA copy, queue of 512), and a LIMoE student (8 experts in the last block of each tower,
+shared by the towers, top-1, with its four auxiliary terms; docs/experts.md). Samples alternate between the
+conditions (A B C A B C ...,
 `rebalance_ref.timing.side_by_side`), so a neighbour's load hits all of them alike; the figures are the median per
 condition and the median of the paired ratios to the baseline.
 `--demo-run DIR` also prints the wall time per phase a `rebalance demo` run recorded in `DIR/results.json`.
