@@ -69,9 +69,9 @@ print("g (row 0, image 3):", g[0].round(3), "\ny (row 0):", y[0, 0].round(3))
 
 # %%
 banner("2. momentum distillation under noisy-captions")
-base = TrainConfig(preset="noisy-captions", n_train=120 if FAST else 1000, n_val=30 if FAST else 200,
-                   n_test=40 if FAST else 500, stage1_steps=20 if FAST else 500, stage2_steps=12 if FAST else 250,
-                   eval_every=6 if FAST else 25, batch_size=32 if FAST else 64, k_test=8,
+base = TrainConfig(preset="noisy-captions", n_train=80 if FAST else 1000, n_val=30 if FAST else 200,
+                   n_test=40 if FAST else 500, stage1_steps=12 if FAST else 500, stage2_steps=8 if FAST else 250,
+                   eval_every=4 if FAST else 25, batch_size=32 if FAST else 64, k_test=8,
                    weights=dict(BASELINE_WEIGHTS), seed=0)
 prepared = prepare(base, teachers=False, log=lambda m: None)
 runs = {}
@@ -128,8 +128,8 @@ moe_weights = {"itc": 1.0, "itm": 2.0, "moe_importance": 0.005, "moe_load": 0.00
                "moe_global": 0.01}
 use = {}
 for preset in PRESETS:
-    config = TrainConfig(preset=preset, n_train=80 if FAST else 600, n_val=30 if FAST else 100, n_test=30,
-                         stage1_steps=10 if FAST else 300, stage2_steps=0, eval_every=1000, batch_size=32,
+    config = TrainConfig(preset=preset, n_train=60 if FAST else 600, n_val=30 if FAST else 100, n_test=30,
+                         stage1_steps=6 if FAST else 300, stage2_steps=0, eval_every=1000, batch_size=32,
                          stage1_weights=moe_weights, model_overrides={"moe": {"experts": 8}}, seed=0)
     folder = OUT / f"moe-{preset}"
     shutil.rmtree(folder, ignore_errors=True)
@@ -153,7 +153,7 @@ for ax, (preset, shares) in zip(axes, use.items(), strict=True):
     ax.set_xlabel("expert")
 axes[0].set_ylabel("share of the modality's tokens")
 axes[0].legend(fontsize=8)
-fig.suptitle("First-choice expert per token, shared experts in the last tower block")
+fig.suptitle("First-choice expert per token, shared experts in the last tower block", y=1.04)
 save_figure(fig, OUT, "expert_use.png")
 
 # %% [markdown]
