@@ -21,7 +21,10 @@ from rebalance_ref.checks import DISTANCES
 from rebalance_ref.files import write_text_atomic
 from rebalance_ref.shapes import PRESETS
 
-LOSS_NAMES = ("itc", "itm", "iic", "ttc", "kd", "kdi", "kdt")
+LOSS_NAMES = ("itc", "itm", "iic", "ttc", "kd", "kdi", "kdt", "moe_importance", "moe_load", "moe_local",
+              "moe_global")
+# The mixture-of-experts auxiliaries (LIMoE, docs/experts.md): they need a student with `model_overrides["moe"]`.
+MOE_TERMS = ("moe_importance", "moe_load", "moe_local", "moe_global")
 TEACHER_TERMS = ("iic", "ttc", "kd", "kdi", "kdt")   # the terms that read teacher features (stage 2 only)
 STRUCTURE_TERMS = ("kd", "kdi", "kdt")               # the structure-distillation terms
 OFFICIAL_WEIGHTS = {"itc": 1.0, "itm": 2.0, "iic": 1.0, "ttc": 2.0, "kd": 2.0, "kdi": 1.0, "kdt": 1.0}
@@ -111,6 +114,14 @@ class TrainConfig:
     tau_clamp: list | None = field(default_factory=lambda: [0.01, 0.5])
     student_relation: str = "fused"
     itm_negatives: str = "local"
+    # --- ALBEF momentum distillation, an option of stage 2's ITC (docs/momentum.md): the EMA coefficient m
+    # (None = plain ITC), the queue of momentum features (rows), α and its linear warm-up (a fraction of stage 2)
+    itc_momentum: float | None = None
+    itc_queue: int = 512
+    itc_alpha: float = 0.4
+    itc_alpha_warmup: float = 0.1
+    # LIMoE's thresholded global entropy: zero once each modality's mean routing is as spread as this many experts
+    moe_min_experts: float = 2.0
     # --- selection and evaluation
     eval_every: int = 125
     select_on: str = "r_mean"
@@ -174,6 +185,29 @@ class TrainConfig:
                 raise ValueError(f"stage1_weights[{key!r}]: stage 1 has no teachers' terms; use only itc and itm")
         if not isinstance(self.model_overrides, dict):
             raise ValueError(f"model_overrides must be a dict, got {type(self.model_overrides).__name__}")
+        self._check_methods()
+
+    def _check_methods(self) -> None:
+        """Momentum distillation's and the mixture of experts' fields."""
+        m = self.itc_momentum
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m < 1):
+            raise ValueError(f"itc_momentum must be None or a number in (0, 1) (ALBEF: 0.995), got {m!r}")
+        if m is not None and not self.weights.get("itc", 0.0):
+            raise ValueError("itc_momentum is an option of ITC: give weights['itc'] a positive weight")
+        if isinstance(self.itc_queue, bool) or not isinstance(self.itc_queue, int) or self.itc_queue < 0:
+            raise ValueError(f"itc_queue must be an integer >= 0 (rows of the feature queue), got {self.itc_queue!r}")
+        for name in ("itc_alpha", "itc_alpha_warmup"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+        value = self.moe_min_experts
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 1:
+            raise ValueError(f"moe_min_experts must be a number >= 1, got {value!r}")
+        for weights_name in ("stage1_weights", "weights"):
+            used = [k for k in MOE_TERMS if getattr(self, weights_name).get(k, 0.0)]
+            if used and not self.model_overrides.get("moe"):
+                raise ValueError(f"{weights_name}: {', '.join(used)} need a mixture-of-experts student "
+                                 f"(model_overrides['moe'], see docs/experts.md)")
 
     # --- derived ---------------------------------------------------------------------------------------------
     def weight(self, name: str, stage: int) -> float:

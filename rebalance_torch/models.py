@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rebalance_ref.limits import MAX_IMAGE_SIZE, MAX_TOKENS, MAX_VOCAB_SIZE
+from rebalance_torch.moe import install_experts, moe_options
 
 # CLIP's per-channel statistics, the official code's normalisation; a user may set their data's own.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -62,12 +63,14 @@ class ModelConfig:
     temp_init: float = 0.07       # τ at initialisation
     pixel_mean: tuple[float, float, float] = field(default=CLIP_MEAN)
     pixel_std: tuple[float, float, float] = field(default=CLIP_STD)
+    moe: dict = field(default_factory=dict)  # LIMoE experts in the towers (rebalance_torch.experts); {} = off
 
     def __post_init__(self) -> None:
         # JSON turns tuples into lists; keep one canonical form so configs compare equal after a round trip.
         self.pixel_mean = tuple(float(x) for x in self.pixel_mean)
         self.pixel_std = tuple(float(x) for x in self.pixel_std)
         self.validate()
+        self.moe = moe_options(self)
 
     def validate(self) -> None:
         """Raise ValueError naming the first field whose value cannot build a model."""
@@ -114,6 +117,7 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name} must be 3 finite numbers (R, G, B), got {value!r}")
         if min(self.pixel_std) <= 0:
             raise ValueError(f"ModelConfig.pixel_std must be > 0 per channel, got {self.pixel_std!r}")
+        moe_options(self)
 
     @property
     def num_patches(self) -> int:
@@ -345,6 +349,7 @@ class Student(nn.Module):
             self.apply(_init_weights)
             nn.init.trunc_normal_(self.image_encoder.pos, std=0.02, a=-0.04, b=0.04)
             nn.init.trunc_normal_(self.text_encoder.pos, std=0.02, a=-0.04, b=0.04)
+            install_experts(self)  # the MoE option swaps the MLP of chosen tower blocks (last: keeps the rest)
         self.temp = nn.Parameter(torch.tensor(float(config.temp_init)))
 
     # --- input checks: eager calls only; while exporting they are skipped so the graph holds no branches ---

@@ -4,11 +4,14 @@ weighted sum of the loss terms on one batch.
 One step on a batch of B caption rows (image index `idx`, teacher features `a`, `b`):
 
     v, t      = student's unit embeddings                                  (B, D)
-    ITC       = itc(v, t, τ, idx)
+    ITC       = itc(v, t, τ, idx), or with `itc_momentum` (stage 2) ALBEF's momentum distillation:
+                momentum_itc against the EMA model's features [batch; queue] and targets α q + (1−α) g
     ITM       = itm(head(fuse(3B pairs)), labels): B positives, and per text one negative image and per image one
                 negative text drawn (no grad) from softmax(sim/τ) + 1e-5 with same-image entries set to 0
     IIC, TTC  = single_contrast(v, W_sv a, τ, idx), single_contrast(t, W_st b, τ, idx)
     KD/KDI/KDT= structure terms of the student relation (fused z, or the projected [v, t]) vs λ·S(b) + (1−λ)·S(a)
+    MoE aux   = with a mixture-of-experts student: importance, load, local and global routing entropy
+                (rebalance_torch.moe.auxiliary_terms), by name like every other term
     L         = Σ weight[name] · term[name]
 
 The terms come back as detached 0-d tensors: turning them into Python numbers waits for the device, so the
@@ -23,10 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rebalance_torch import losses
+from rebalance_torch import losses, moe
 from rebalance_torch.config import LOSS_NAMES, STRUCTURE_TERMS, TrainConfig
 from rebalance_torch.distributed import DistContext
 from rebalance_torch.models import Student
+from rebalance_torch.momentum import MomentumDistill
 
 
 class Objective(nn.Module):
@@ -53,6 +57,7 @@ class Objective(nn.Module):
             self.tau2_value = nn.Parameter(torch.tensor(float(config.tau2_init)))
         else:
             self.register_buffer("tau2_value", torch.tensor(float(config.tau2_init)))
+        self.momentum: MomentumDistill | None = None   # set by `build_objective` when itc_momentum is on
 
     def lam(self) -> torch.Tensor:
         """λ, the weight of the text teacher's relations in the blend (sigmoid-bounded or unconstrained)."""
@@ -68,8 +73,14 @@ def relation_width(student: Student, config: TrainConfig) -> int:
 
 
 def build_objective(student: Student, config: TrainConfig, image_dim: int, text_dim: int) -> Objective:
-    """The stage-2 objective of `student` under `config`, for teacher features of widths `image_dim`, `text_dim`."""
-    return Objective(config, student.config.embed_dim, relation_width(student, config), image_dim, text_dim)
+    """The stage-2 objective of `student` under `config`, for teacher features of widths `image_dim`, `text_dim`.
+    With `itc_momentum`, it holds the momentum-distillation state, its EMA copy taken from `student` as it is now
+    (stage 1's weights, when the trainer builds it)."""
+    objective = Objective(config, student.config.embed_dim, relation_width(student, config), image_dim, text_dim)
+    if config.itc_momentum is not None:
+        objective.momentum = MomentumDistill(student, config.itc_momentum, config.itc_queue, config.itc_alpha,
+                                             round(config.itc_alpha_warmup * config.stage2_steps), config.seed + 2)
+    return objective
 
 
 def sample_itm_negatives(v: torch.Tensor, t: torch.Tensor, idx: torch.Tensor, tau: torch.Tensor,
@@ -111,8 +122,14 @@ def compute_losses(student: Student, objective: Objective | None, config: TrainC
     v, t = student.project_image(h_v), student.project_text(h_t)
     v_all, t_all, idx_all = gather(v), gather(t), gather(idx)   # the global batch: (B, D), (B, D), (B,)
     terms: dict[str, torch.Tensor] = {}
-    if w["itc"]:
+    mod = objective.momentum if stage == 2 and objective is not None else None
+    alpha = mod.alpha().detach() if w["itc"] and mod is not None else None   # this step's α, before it moves
+    if w["itc"] and mod is not None:
+        terms["itc"] = mod.itc(student, images, ids, mask, v_all, t_all, idx_all, tau, gather)
+    elif w["itc"]:
         terms["itc"] = losses.itc(v_all, t_all, tau, idx_all)
+    if student.config.moe:   # always collected, so that the routers' records never pile up
+        terms.update(moe.auxiliary_terms(student, w, config.moe_min_experts))
     need_z = stage == 2 and config.student_relation == "fused" and any(w[k] for k in STRUCTURE_TERMS)
     z = None
     if w["itm"] or need_z:
@@ -129,6 +146,8 @@ def compute_losses(student: Student, objective: Objective | None, config: TrainC
     if stage == 2 and objective is not None:
         logged["lam"] = objective.lam().detach().clone()
         logged["tau2"] = objective.tau2().detach().clone()
+    if alpha is not None:
+        logged["itc_alpha"] = alpha
     return total, logged
 
 
@@ -190,7 +209,7 @@ def as_numbers(terms: dict[str, torch.Tensor], dist_ctx: DistContext | None = No
     values = torch.stack([terms[k].double() for k in keys]).tolist() if keys else []  # exact for float32 too
     numbers = dict(zip(keys, values, strict=True))
     if dist_ctx is not None and dist_ctx.active:
-        shared = ("tau", "lam", "tau2")
+        shared = ("tau", "lam", "tau2", "itc_alpha")
         numbers = {**dist_ctx.mean({k: v for k, v in numbers.items() if k not in shared}),
                    **{k: v for k, v in numbers.items() if k in shared}}
     return numbers

@@ -29,6 +29,7 @@ FIGURES = {
                                   "run/plots/traces.png"],
     "06_evaluation_protocol": ["recall_at_k.png", "ndcg_one_query.png"],
     "07_export_and_search": ["search_results.png", "bundle/manifest.json"],
+    "09_momentum_and_experts": ["momentum_vs_baseline.png", "expert_use.png"],
 }
 
 # Generous: fast mode targets 20 s on one thread of a busy 2-core machine; this only catches a hang.

@@ -3,7 +3,10 @@
 One training step = forward, backward and the AdamW update of the student (and, in stage 2, the objective's own
 parameters), on one batch of the text-poor shapes world with teacher features of the teachers' width. Conditions:
 the compute-matched baseline (ITC + 2·ITM), the full objective (1, 2, 1, 2, 2, 1, 1, KD on the fused z), and the
-full objective with KD on the projected [v, t]. Samples alternate between the conditions (A B C A B C ...,
+full objective with KD on the projected [v, t], and the methods' options on the baseline: ITC with ALBEF's
+momentum distillation (EMA copy, queue of 512), and a LIMoE student (8 experts in the last block of each tower,
+shared by the towers, top-1, with its four auxiliary terms; docs/experts.md). Samples alternate between the
+conditions (A B C A B C ...,
 `rebalance_ref.timing.side_by_side`), so a neighbour's load hits all of them alike; the figures are the median per
 condition and the median of the paired ratios to the baseline.
 `--demo-run DIR` also prints the wall time per phase a `rebalance demo` run recorded in `DIR/results.json`.
@@ -31,7 +34,7 @@ def measure(batch_size: int = 64, repeats: int = 15, seed: int = 0, model: str =
     from rebalance_ref.timing import median, paired_ratio, side_by_side
     from rebalance_ref.tokenizer import Tokenizer
     from rebalance_torch import input_checks
-    from rebalance_torch.config import BASELINE_WEIGHTS, TrainConfig
+    from rebalance_torch.config import BASELINE_WEIGHTS, MOE_TERMS, TrainConfig
     from rebalance_torch.data import Collate, PairDataset
     from rebalance_torch.objective import build_objective, compute_losses
     from rebalance_torch.prepare import build_student
@@ -49,7 +52,10 @@ def measure(batch_size: int = 64, repeats: int = 15, seed: int = 0, model: str =
     b = torch.from_numpy(rng.standard_normal((batch_size, TEACHER_WIDTH), dtype=np.float32))
     base = TrainConfig(model=model, seed=seed, batch_size=batch_size)
     conditions = {"itc+itm": base.replace(weights=dict(BASELINE_WEIGHTS)), "full (KD on z)": base,
-                  "full (KD on [v,t])": base.replace(student_relation="projected")}
+                  "full (KD on [v,t])": base.replace(student_relation="projected"),
+                  "itc (momentum)+itm": base.replace(weights=dict(BASELINE_WEIGHTS), itc_momentum=0.995),
+                  "itc+itm, LIMoE": base.replace(model_overrides={"moe": {"experts": 8}},
+                                                 weights={**BASELINE_WEIGHTS, **dict.fromkeys(MOE_TERMS, 0.005)})}
 
     def make_step(config):
         student = build_student(config, tokenizer)
@@ -82,7 +88,8 @@ def measure(batch_size: int = 64, repeats: int = 15, seed: int = 0, model: str =
 @threads_option
 @json_option
 def train_bench(batch_size, repeats, model, demo_run, threads, as_json):
-    """Step time of the full objective vs ITC + ITM alone (goal: ≤ 1.3×), and a demo's time per phase."""
+    """Step time of the full objective and the methods' options vs ITC + ITM alone (goal: ≤ 1.3× for the paper's
+    objective, ≤ 1.5× for momentum distillation; LIMoE's is reported), and a demo's time per phase."""
     import torch  # noqa: F401  (imported first, so that set_threads reaches it)
 
     set_threads(threads)

@@ -58,6 +58,9 @@ _CONFIG_OPTIONS = (
     ("eval_every", None, "Validate (and checkpoint) every N steps."),
     ("k_test", None, "Top-k re-ranked by ITM in evaluation."),
     ("augment", None, "Training-image augmentation: none or mild."),
+    ("itc_momentum", None, "ALBEF momentum distillation in stage 2's ITC with this EMA coefficient (0.995; "
+                           "docs/momentum.md)."),
+    ("itc_queue", None, "Rows of momentum distillation's feature queue."),
     ("itm_negatives", None, "Under torchrun: ITM hard negatives from each process's rows (official) or the "
                             "gathered batch."),
 )

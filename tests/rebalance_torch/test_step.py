@@ -63,13 +63,22 @@ def _count_reads(monkeypatch, run) -> list[str]:
     return calls
 
 
-@pytest.mark.parametrize("stage, weights, relation", [(1, None, "fused"), (2, None, "fused"),
-                                                       (2, None, "projected"), (2, BASELINE_WEIGHTS, "fused")])
+# The methods' options: momentum distillation (its EMA, queue and α warm-up) and a mixture-of-experts student
+# (routing with capacity, its auxiliary terms).
+MOD = {"itc_momentum": 0.99, "itc_queue": 16}
+MOE = {"model_overrides": {**SMALL_MODEL, "moe": {"experts": 4, "top_k": 2}},
+       "weights": {"itc": 1, "itm": 2, "moe_importance": 0.01, "moe_load": 0.01, "moe_local": 0.01,
+                   "moe_global": 0.01}}
+
+
+@pytest.mark.parametrize("stage, weights, relation, options", [
+    (1, None, "fused", {}), (2, None, "fused", {}), (2, None, "projected", {}), (2, BASELINE_WEIGHTS, "fused", {}),
+    (2, BASELINE_WEIGHTS, "fused", MOD), (2, None, "fused", MOD), (2, None, "fused", MOE), (1, None, "fused", MOE)])
 def test_a_step_that_does_not_log_reads_nothing_back_from_the_device(monkeypatch, batch_and_tokenizer, stage,
-                                                                     weights, relation):
+                                                                     weights, relation, options):
     batch, tokenizer = batch_and_tokenizer
-    config = TrainConfig(model_overrides=SMALL_MODEL, batch_size=8, student_relation=relation,
-                         **({"weights": dict(weights)} if weights else {}))
+    config = TrainConfig(**{"model_overrides": SMALL_MODEL, "batch_size": 8, "student_relation": relation,
+                            **({"weights": dict(weights)} if weights else {}), **options})
     step, _ = _step(config, batch, tokenizer, stage)
     step()  # warm-up, and the checked first step of a stage
     with input_checks.skipped():
