@@ -103,7 +103,11 @@ def demo_block(record: dict) -> str:
     lines += [f"- ⚠ {note}" for note in record.get("cautions", [])]
     if record.get("cautions"):
         lines.append("")
-    lines += [summarise(record["full_minus_baseline"]), "",
+    lines += [summarise(record["full_minus_baseline"]), ""]
+    if record.get("teacher_check"):
+        lines += ["Teacher check before stage 2 (validation NDCG@10, teacher vs stage-1 student): " + ", ".join(
+            f"{k} {r['teacher']:.1f} vs {r['student']:.1f}" for k, r in record["teacher_check"].items()) + ".", ""]
+    lines += [
               "R-mean: % (higher is better); I2I … T2IT: NDCG@10 × 100 (higher is better), ROUGE-L relevance "
               "(the paper's) or, in the \"attr\" columns, relevance from the scenes' true attributes; gap: the "
               "modality gap ‖mean v − mean t‖, a diagnostic (lower: images and captions share one region). "
@@ -155,8 +159,8 @@ def replace_blocks(text: str, contents: dict[str, str], where: str = "text") -> 
     for name, content in contents.items():
         if name not in present:
             continue
-        pattern = re.compile(rf"(<!-- {re.escape(name)}:begin -->\n).*?(\n<!-- {re.escape(name)}:end -->)", re.S)
-        text, n = pattern.subn(lambda m, c=content: m.group(1) + c + m.group(2), text)
+        pattern = re.compile(rf"(<!-- {re.escape(name)}:begin -->\n)(?:.*?\n)?(<!-- {re.escape(name)}:end -->)", re.S)
+        text, n = pattern.subn(lambda m, c=content: m.group(1) + c + "\n" + m.group(2), text)
         if n != 1:
             raise ValueError(f"{where}: the markers of {name!r} must each stand on their own line")
         done.append(name)
