@@ -23,7 +23,7 @@ def report_group():
               help="Rewrite the blocks between <!-- NAME:begin --> and <!-- NAME:end --> in these files; "
                    "without it, print the blocks.")
 def tables_command(demo, ablations, recorded, paths):
-    """Record runs, then rewrite the docs' marked tables from the records.
+    """Record runs; rewrite the docs' tables from the records.
 
     Example: rebalance report tables --demo runs/demo --write README.md docs/results.md"""
     if demo or ablations:
