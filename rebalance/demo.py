@@ -63,6 +63,7 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, seed: int = 0, d
     config = config or demo_config(fast, seed, device, threads)
     baseline_config = config.replace(weights=dict(BASELINE_WEIGHTS))
     phases: dict[str, float] = {}
+    code = code_version()  # the commit that runs the demo, read before anything can change the checkout
     tic = time.perf_counter()
     prepared = prepare(config, teachers=True, log=log, teacher_cache=out / "teachers")
     phases.update(prepared.timings)
@@ -102,7 +103,7 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, seed: int = 0, d
 
     phases["total"] = time.perf_counter() - tic
     results = {"config": config.to_dict(), "rows": rows, "cautions": notes, "full_minus_baseline": diff,
-               "teacher_check": check, "search": search, "phases_s": phases, "code": code_version()}
+               "teacher_check": check, "search": search, "phases_s": phases, "code": code}
     write_json_atomic(out / "results.json", results, indent=2)
     body = [markdown_table(rows), "", column_legend(), ""] + cautions_markdown(notes) + [
         "Full objective minus baseline (test split, points): "

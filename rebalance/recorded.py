@@ -21,6 +21,7 @@ from pathlib import Path
 from rebalance_ref.files import write_json_atomic, write_text_atomic
 
 RECORDED_DIR = Path("docs/recorded")
+DOCS = ("README.md", "docs/results.md")  # the files whose marked tables `rebalance report tables --write` rewrites
 DEMO_RECORD = "demo.json"
 DEMO_BLOCK = "demo-table"
 DEMO_COMMAND = "rebalance demo --threads 1"

@@ -94,6 +94,9 @@ def test_report_tables_records_runs_and_rewrites_the_marked_blocks(tmp_path):
         "cos_r_mean"] == 20.25
     again = CliRunner().invoke(cli, ["report", "tables", "--recorded", str(tmp_path / "rec"), "--write", str(doc)])
     assert again.exit_code == 0 and doc.read_text() == text  # regenerating from the records changes nothing
+    again = CliRunner().invoke(cli, ["report", "tables", "--recorded", str(tmp_path / "rec"), "--write", str(doc),
+                                     str(doc)])
+    assert again.exit_code == 0 and doc.read_text() == text  # regenerating from the records changes nothing
 
 
 def test_report_tables_names_a_folder_that_is_not_a_demo_run(tmp_path):
