@@ -21,7 +21,7 @@ from pathlib import Path
 
 from rebalance import plots
 from rebalance.demo import demo_config
-from rebalance.report import train_and_report
+from rebalance.report import code_version, train_and_report
 from rebalance_ref.files import write_json_atomic, write_text_atomic
 from rebalance_ref.threads import set_threads
 from rebalance_torch.checkpoint import checkpoint_path
@@ -54,11 +54,11 @@ def _stage1_task(config_dict: dict, seed_dir: str) -> dict:
     lines: list[str] = []
     prepared = prepare(config, teachers=True, log=lines.append, teacher_cache=Path(seed_dir) / "teachers")
     summary = train(config, seed_dir, prepared=prepared, stages=(1,), progress=False, log=lines.append,
-                    evaluate_test=False, resume=True)
+                    evaluate_test=False, resume=True, label=f"seed {config.seed}: stage 1")
     return {"log": lines, "timings": {**prepared.timings, **summary["timings"]}}
 
 
-def _condition_task(config_dict: dict, seed_dir: str, run_dir: str) -> dict:
+def _condition_task(config_dict: dict, seed_dir: str, run_dir: str, label: str = "condition") -> dict:
     """Worker: one stage-2 condition from the seed's stage-1 checkpoint; returns its test metrics."""
     config = TrainConfig.from_dict(config_dict)
     done = Path(run_dir) / "eval.json"
@@ -68,7 +68,7 @@ def _condition_task(config_dict: dict, seed_dir: str, run_dir: str) -> dict:
     set_threads(config.threads)
     lines: list[str] = []
     summary = train_and_report(config, run_dir, init=checkpoint_path(seed_dir, 1, "best"), stages=(2,), progress=False,
-                    log=lines.append, resume=True)
+                               log=lines.append, resume=True, label=f"seed {config.seed}: stage 2 — {label}")
     return {"log": lines, "test": summary["test"], "timings": summary["timings"]}
 
 
@@ -176,7 +176,7 @@ def run_ablation(preset: str, seeds: int = 3, jobs: int = 2, out: str | Path | N
                     (_stage1_task, base.replace(seed=s).to_dict(), str(d)) for s, d in seed_dirs.items()}
     condition_tasks = {s: [((name, s), (_condition_task, base.replace(seed=s, teacher_dir=str(d / "teachers"),
                                                                      **changes).to_dict(), str(d),
-                                        str(d / _folder(name))))
+                                        str(d / _folder(name)), name))
                            for name, changes in conditions.items()] for s, d in seed_dirs.items()}
     log(f"ablate {preset}: {seeds} seeds × {len(conditions)} conditions, {jobs} process(es); stage 1 for "
         f"{sum(t is not None for t in stage1_tasks.values())} seed(s)")
@@ -191,7 +191,7 @@ def run_ablation(preset: str, seeds: int = 3, jobs: int = 2, out: str | Path | N
                         title=f"{preset}: condition − baseline, mean ± std over {seeds} seeds")
     record = {"preset": preset, "seeds": seeds, "jobs": jobs, "config": base.to_dict(),
               "conditions": {k: v for k, v in conditions.items()}, "results": results, "table": table,
-              "seconds": {"total": elapsed}}
+              "seconds": {"total": elapsed}, "code": code_version()}
     write_json_atomic(out / "ablation.json", record, indent=2)
     md = table_markdown(table)
     write_text_atomic(out / "ablation.md", f"# Ablation: {preset}, {seeds} seeds\n\n{md}\n\nWall time {elapsed:.0f} s "

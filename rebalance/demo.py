@@ -19,12 +19,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rebalance import plots
-from rebalance.report import train_and_report
+from rebalance.report import (
+    FIGURES,
+    cautions,
+    cautions_markdown,
+    code_version,
+    column_legend,
+    last_itm_loss,
+    split_embeddings,
+    stage1_student,
+    stage_name,
+    train_and_report,
+)
 from rebalance_ref.files import write_json_atomic, write_text_atomic
-from rebalance_torch.checkpoint import checkpoint_path
+from rebalance_torch.checkpoint import checkpoint_path, load_student
 from rebalance_torch.config import BASELINE_WEIGHTS, TrainConfig
-from rebalance_torch.evaluate import markdown_table
+from rebalance_torch.evaluate import HEADLINE, markdown_table
 from rebalance_torch.prepare import prepare
+from rebalance_torch.runlog import read_metrics
 
 # The default demo is TrainConfig's defaults: text-poor, 1000/200/500 images, 500 + 250 steps at batch 64, ≤ 180 s
 # on an idle 2-core CPU (seed 0 of the text-poor ablation's baseline and full conditions).
@@ -49,30 +61,38 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, seed: int = 0, d
         raise ValueError(f"--out {out} already holds a run; choose a new folder or delete it")
     out.mkdir(parents=True, exist_ok=True)
     config = config or demo_config(fast, seed, device, threads)
+    baseline_config = config.replace(weights=dict(BASELINE_WEIGHTS))
     phases: dict[str, float] = {}
+    code = code_version()  # the commit that runs the demo, read before anything can change the checkout
     tic = time.perf_counter()
     prepared = prepare(config, teachers=True, log=log, teacher_cache=out / "teachers")
     phases.update(prepared.timings)
 
-    stage1 = train_and_report(config, out, prepared=prepared, stages=(1,), progress=progress, log=log)
+    stage1 = train_and_report(config, out, prepared=prepared, stages=(1,), progress=progress, log=log,
+                              label="stage 1")
     phases["stage1"] = stage1["timings"]["stage1"]
     phases["eval"] = stage1["timings"]["eval"]
-    baseline = train_and_report(config.replace(weights=dict(BASELINE_WEIGHTS)), out / "baseline", prepared=prepared,
-                     init=checkpoint_path(out, 1, "best"), stages=(2,), progress=progress, log=log)
+    baseline = train_and_report(baseline_config, out / "baseline", prepared=prepared,
+                                init=checkpoint_path(out, 1, "best"), stages=(2,), progress=progress, log=log,
+                                label="stage 2 — baseline")
     phases["stage2 baseline"] = baseline["timings"]["stage2"]
     phases["eval"] += baseline["timings"]["eval"]
-    full = train_and_report(config, out, prepared=prepared, stages=(2,), progress=progress, log=log)
+    full = train_and_report(config, out, prepared=prepared, stages=(2,), progress=progress, log=log,
+                            label="stage 2 — full")
     phases["stage2 full"] = full["timings"]["stage2"]
     phases["eval"] += full["timings"]["eval"]
 
-    rows = {"stage 1 (ITC+ITM)": stage1["test"], "stage 2 baseline (ITC+ITM)": baseline["test"],
-            "stage 2 full objective": full["test"]}
+    # The row labels say what each stage trained (rebalance.report.stage_name), and each row's cautions come from
+    # the metrics of the folder that trained it.
+    runs = ((stage_name(config, 1), stage1, out, 1), (stage_name(baseline_config, 2), baseline, out / "baseline", 2),
+            (stage_name(config, 2), full, out, 2))
+    rows = {name: summary["test"] for name, summary, _, _ in runs}
+    notes = [n for name, summary, folder, stage in runs
+             for n in cautions(name, summary["test"], config.k_test, last_itm_loss(read_metrics(folder), stage))]
     diff = {k: full["test"][k] - baseline["test"][k] for k in DIFF_KEYS if k in full["test"]}
     check_file = out / "teacher_check.json"
     check = json.loads(check_file.read_text()) if check_file.is_file() else {}
-    labels = [(k, k.replace("rouge_", "").replace("attr_", "attr ")) for k in DIFF_KEYS if k in diff]
-    plots.plot_ablation({"full - baseline": {k: (v, 0.0) for k, v in diff.items()}}, labels,
-                        out / "plots" / "full_vs_baseline.png", title=f"demo ({config.preset}, seed {config.seed})")
+    _demo_figures(out, config, prepared, rows)
 
     # --- export (`exports.exporter.export.export_and_search`): bundle + one torch-free search ---------------------
     tic_export = time.perf_counter()
@@ -82,29 +102,54 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, seed: int = 0, d
         log(f"export skipped: {search['error']}")
 
     phases["total"] = time.perf_counter() - tic
-    results = {"config": config.to_dict(), "rows": rows, "full_minus_baseline": diff, "teacher_check": check,
-               "search": search, "phases_s": phases}
+    results = {"config": config.to_dict(), "rows": rows, "cautions": notes, "full_minus_baseline": diff,
+               "teacher_check": check, "search": search, "phases_s": phases, "code": code}
     write_json_atomic(out / "results.json", results, indent=2)
-    table = markdown_table(rows)
-    reading = summarise(diff)
-    md = [f"# rebalance demo ({config.preset}, seed {config.seed}{', fast' if fast else ''})", "", table, "",
-          "Full objective minus baseline (test split, points): "
-          + ", ".join(f"{k} {v:+.2f}" for k, v in diff.items()), "", reading, "",
-          "Teacher check (validation NDCG@10, teacher vs stage-1 student): "
-          + ", ".join(f"{k} {r['teacher']:.1f} vs {r['student']:.1f}" for k, r in check.items()), "",
-          "Wall time per phase (s): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()), "",
-          f"One search in the exported bundle (`{search.get('bundle')}`): \"{search.get('query')}\"", "", "```",
-          search.get("text", search.get("error", "")), "```", "",
-          *([f"![search hits]({search['grid']})", ""] if search.get("grid") else []),
-          "![full vs baseline](plots/full_vs_baseline.png)", "![traces](plots/traces.png)",
-          "![relations](plots/relations.png)", ""]
-    write_text_atomic(out / "results.md", "\n".join(md))
+    body = [markdown_table(rows), "", column_legend(), ""] + cautions_markdown(notes) + [
+        "Full objective minus baseline (test split, points): "
+        + ", ".join(f"{k} {v:+.2f}" for k, v in diff.items()), "", summarise(diff), "",
+        "Teacher check (validation NDCG@10, teacher vs stage-1 student): "
+        + ", ".join(f"{k} {r['teacher']:.1f} vs {r['student']:.1f}" for k, r in check.items()), "",
+        "Wall time per phase (s): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()), "",
+        f"One search in the exported bundle (`{search.get('bundle')}`): \"{search.get('query')}\"", "", "```",
+        search.get("text", search.get("error", "")), "```", ""]
+    title = f"# rebalance demo ({config.preset}, seed {config.seed}{', fast' if fast else ''})"
+    comparison = [line for f, caption in DEMO_FIGURES if (out / "plots" / f).is_file()
+                  for line in (caption, "", f"![{Path(f).stem}](plots/{f})", "")]
+    # results.md shows every figure once; report.md (the full run's report, which already shows the run's own
+    # figures) gains the summary and the one figure it lacks.
+    figures = [line for f, caption in DEMO_FIGURES + FIGURES if (out / "plots" / f).is_file()
+               for line in (caption, "", f"![{Path(f).stem}](plots/{f})", "")]
+    write_text_atomic(out / "results.md", "\n".join([title, ""] + body + ["## Figures", ""] + figures
+                                                    + ["The baseline's own figures: `baseline/report.md`.", ""]))
     report = (out / "report.md").read_text() if (out / "report.md").is_file() else ""
-    write_text_atomic(out / "report.md", report + "\n# Demo summary\n\n" + "\n".join(md[2:]) + "\n")
+    write_text_atomic(out / "report.md", report + "\n# Demo summary\n\n" + "\n".join(body + comparison) + "\n")
     return results
 
 
 SEARCH_SHEET = "plots/search.png"
+# The demo's own figures, beside each run's (`rebalance.report.FIGURES`; the demo redraws `modality_gap.png` with
+# the baseline beside the full objective).
+DEMO_FIGURES = (
+    ("full_vs_baseline.png", "Stage 1, the baseline and the full objective on the test split: retrieval quality "
+                             "(higher is better) on the left, the geometry diagnostics on their own axis."),
+    (Path(SEARCH_SHEET).name, "The showcase search through the exported bundle (onnxruntime only): the query and "
+                              "its hits, drawn from the bundle's own pixels, with their cosines."),
+)
+
+
+def _demo_figures(out: Path, config: TrainConfig, prepared, rows: dict) -> None:
+    """The comparison of the three rows, and the modality gap of stage 1, the baseline and the full objective in
+    one shared projection (replacing the full run's two-panel `modality_gap.png`)."""
+    quality = [(k, label) for k, label in HEADLINE if k != "modality_gap"]
+    plots.plot_comparison(rows, quality, out / "plots" / DEMO_FIGURES[0][0],
+                          title=f"demo ({config.preset} world, seed {config.seed}): test split, best checkpoints")
+    names = list(rows)
+    students = {names[0]: stage1_student(out, None, config.device),
+                names[1]: load_student(out / "baseline", "best", map_location=config.device)[0],
+                names[2]: load_student(out, "best", map_location=config.device)[0]}
+    plots.plot_modality_gap({name: split_embeddings(s, prepared, config.device) for name, s in students.items()},
+                            out / "plots" / "modality_gap.png")
 
 
 def export_step(out: Path, test_split, threads: int = 1) -> dict:
@@ -143,6 +188,8 @@ def summarise(diff: dict[str, float]) -> str:
 
 def print_summary(results: dict, echo: Callable[[str], None] = print) -> None:
     echo(markdown_table(results["rows"]))
+    for note in results.get("cautions", []):
+        echo(f"caution: {note}")
     echo(summarise(results["full_minus_baseline"]))
     search = results.get("search", {})
     if "text" in search:

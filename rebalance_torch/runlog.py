@@ -1,5 +1,5 @@
 """The run log of a run folder: `metrics.jsonl` (one JSON line per logged step and per validation), `log.txt`
-(every message), and a progress bar on a terminal."""
+(every message), and a progress bar (`tqdm.auto`: a text bar on a terminal, a widget in a notebook)."""
 
 from __future__ import annotations
 
@@ -58,21 +58,36 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return read_jsonl(path) if path.is_file() else []
 
 
+def interactive() -> bool:
+    """Whether someone is watching: stderr is a terminal, or the code runs in a Jupyter kernel."""
+    if sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty():
+        return True
+    shell = sys.modules.get("IPython")
+    ipython = shell.get_ipython() if shell is not None and hasattr(shell, "get_ipython") else None
+    return ipython is not None and "IPKernelApp" in getattr(ipython, "config", {})
+
+
 class Progress:
-    """A progress bar with ETA on a terminal (click.progressbar); silent elsewhere."""
+    """A progress bar with ETA (`tqdm.auto`) named for its phase ("stage 1", "stage 2 — full"), showing the last
+    logged loss and τ; silent when `enabled` is false or nobody watches (a pipe, a log file, CI)."""
 
     def __init__(self, length: int, label: str, enabled: bool):
         self.bar = None
-        if enabled and sys.stderr.isatty() and length > 0:
-            import click
+        if enabled and length > 0 and interactive():
+            from tqdm.auto import tqdm
 
-            self.bar = click.progressbar(length=length, label=label, show_eta=True, file=sys.stderr)
-            self.bar.__enter__()
+            self.bar = tqdm(total=length, desc=label, file=sys.stderr, leave=True, dynamic_ncols=True)
 
     def update(self, n: int = 1) -> None:
         if self.bar is not None:
             self.bar.update(n)
 
+    def show(self, **numbers: float) -> None:
+        """Numbers beside the bar (e.g. loss, τ): call with numbers already on the host — the trainer does so on
+        logged steps only, so the bar never makes it read from the device."""
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in numbers.items()}, refresh=False)
+
     def close(self) -> None:
         if self.bar is not None:
-            self.bar.__exit__(None, None, None)
+            self.bar.close()

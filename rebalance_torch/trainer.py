@@ -113,20 +113,22 @@ class _Stage:
 
 def train_stage(stage: int, config: TrainConfig, prepared: Prepared, run_dir: Path, runlog: RunLog,
                 student: Student, resume_state: dict | None = None, progress: bool = True,
-                stop_after: int | None = None, dist_ctx: DistContext | None = None) -> dict:
+                stop_after: int | None = None, dist_ctx: DistContext | None = None, label: str | None = None) -> dict:
     """Train one stage in `run_dir`; returns the stage's best validation record. `resume_state` continues a
     checkpointed stage; `stop_after` stops after that many steps of this stage (for tests and time budgets).
+    `label` names the phase in the progress bar and the log ("stage 2 — full"; default "stage N").
     `dist_ctx`: several processes (each trains on its shard of every global batch; process 0 validates and
     writes the checkpoints); None = one process. The first step checks the losses' inputs; the others trust
     them (`rebalance_torch.input_checks`)."""
     ctx = dist_ctx or DistContext()
+    label = label or f"stage {stage}"
     run = _Stage(stage, config, prepared, student, dist_ctx)
     best, start = {"score": -math.inf, "step": -1}, 0
     if resume_state is not None:
         start, best = run.resume(resume_state)
-        runlog.echo(f"stage {stage}: resumed at step {start}/{run.total}")
+        runlog.echo(f"{label}: resumed at step {start}/{run.total}")
     end = run.total if stop_after is None else min(run.total, start + stop_after)
-    bar = Progress(end - start, f"stage {stage}", progress)
+    bar = Progress(end - start, label, progress)
     student.train()
     val: dict = {}
     tic = time.perf_counter()
@@ -143,6 +145,7 @@ def train_stage(stage: int, config: TrainConfig, prepared: Prepared, run_dir: Pa
                 raise FloatingPointError(f"stage {stage} step {done}: the loss is {logged['loss']} ({logged}); "
                                          f"lower the learning rate or clamp τ (tau_clamp)")
             if log_now:
+                bar.show(loss=logged["loss"], **({"τ": logged["tau"]} if "tau" in logged else {}))
                 runlog.write({"stage": stage, "step": done, "lr": lr_at(step, run.total, config.warmup, config.lr),
                               **logged})
         if eval_now and ctx.is_main:
@@ -158,7 +161,7 @@ def train_stage(stage: int, config: TrainConfig, prepared: Prepared, run_dir: Pa
     ctx.barrier()  # the checkpoints process 0 wrote are on disk before any process reads them
     elapsed = time.perf_counter() - tic
     if end > start:
-        runlog.echo(f"stage {stage}: steps {start}->{end} of {run.total} in {elapsed:.1f} s "
+        runlog.echo(f"{label}: steps {start}->{end} of {run.total} in {elapsed:.1f} s "
                     f"({1000 * elapsed / (end - start):.1f} ms/step); best val R-mean {best['score']:.2f} "
                     f"at step {best['step']}")
     return {"best": best, "seconds": elapsed, "finished": end == run.total}
@@ -208,7 +211,8 @@ def _run_tokenizer(run_dir: Path, init: str | Path | None, resume: bool) -> Toke
 
 
 def _begin_stage(stage: int, config: TrainConfig, prepared: Prepared, run_dir: Path, runlog: RunLog,
-                 student: Student, init: str | Path | None, resume: bool, ctx: DistContext) -> dict | None:
+                 student: Student, init: str | Path | None, resume: bool, ctx: DistContext,
+                 label: str | None = None) -> dict | None:
     """Load what stage `stage` starts from: its own `last` checkpoint when resuming (returned), else for stage 2
     the stage-1 checkpoint (and run the teacher check). Returns {"done": True, ...} for a finished stage."""
     last = ckpt.checkpoint_path(run_dir, stage, "last")
@@ -228,8 +232,9 @@ def _begin_stage(stage: int, config: TrainConfig, prepared: Prepared, run_dir: P
                          f"pass init=)")
     _load_into(student, source, config, fields=MODEL_FIELDS)
     runlog.truncate(1, 10 ** 12)
-    runlog.echo(f"stage 2: starting from {source}")
-    check = teacher_check(student, prepared, config.device) if ctx.is_main else {}
+    runlog.echo(f"{label or 'stage 2'}: starting from {source}")
+    # Only a stage 2 that uses the teachers checks them (a baseline from the same checkpoint would repeat it).
+    check = teacher_check(student, prepared, config.device) if ctx.is_main and config.uses_teachers() else {}
     if check:
         write_json_atomic(run_dir / "teacher_check.json", check, indent=2)
         for key, r in check.items():
@@ -238,10 +243,17 @@ def _begin_stage(stage: int, config: TrainConfig, prepared: Prepared, run_dir: P
     return None
 
 
+def _phase(label: str | None, stage: int, stages: tuple[int, ...]) -> str | None:
+    """The name a stage trains under: `label` alone when the call trains one stage, else "LABEL, stage N"."""
+    if label is None:
+        return None
+    return label if len(stages) == 1 else f"{label}, stage {stage}"
+
+
 def train(config: TrainConfig, run_dir: str | Path, *, prepared: Prepared | None = None, init: str | Path | None
           = None, stages: tuple[int, ...] = (1, 2), resume: bool = False, progress: bool = True,
           log: Callable[[str], None] = print, stop_after: int | None = None, evaluate_test: bool = True,
-          dist_ctx: DistContext | None = None) -> RunSummary:
+          dist_ctx: DistContext | None = None, label: str | None = None) -> RunSummary:
     """Train a run into `run_dir` and return its summary.
 
     `stages`: which stages to run (a stage with 0 steps is skipped). Stage 2 starts from `init` (a stage-1
@@ -254,6 +266,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, prepared: Prepared | None
     each takes its shard of every global batch of `config.batch_size` rows; process 0 alone writes the run
     folder, logs, validates and evaluates (the others return a summary without "test"). Resuming works on any
     number of processes: the data order depends on the global batch and the step only.
+
+    `label`: the phase's name in the progress bar and the log, e.g. "stage 2 — baseline" (with several stages:
+    "LABEL, stage N"); default "stage N". `progress`: a bar when someone watches (a terminal or a notebook).
     """
     set_threads(config.threads)
     ctx = dist_ctx or DistContext()
@@ -282,13 +297,14 @@ def train(config: TrainConfig, run_dir: str | Path, *, prepared: Prepared | None
     summary = RunSummary(run_dir=str(run_dir), stages={}, timings=dict(prepared.timings))
     summary.prepared = prepared
     for stage in stages:
-        state = _begin_stage(stage, config, prepared, run_dir, runlog, student, init, resume, ctx)
+        phase = _phase(label, stage, stages)
+        state = _begin_stage(stage, config, prepared, run_dir, runlog, student, init, resume, ctx, phase)
         if state is not None and state.get("done"):
             summary["stages"][stage] = {"best": state["best"], "seconds": 0.0, "finished": True}
             continue
         tic = time.perf_counter()
         result = train_stage(stage, config, prepared, run_dir, runlog, student, state, progress and ctx.is_main,
-                             stop_after, dist_ctx=dist_ctx)
+                             stop_after, dist_ctx=dist_ctx, label=phase)
         summary["timings"][f"stage{stage}"] = time.perf_counter() - tic
         summary["stages"][stage] = result
         if not result["finished"]:

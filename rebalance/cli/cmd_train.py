@@ -30,6 +30,14 @@ def _echo_err(message: str) -> None:
     click.echo(message, err=True)
 
 
+def _silent(_message: str) -> None:
+    """The log of a --quiet run: nothing on the terminal (the run folder's log.txt still holds every line)."""
+
+
+_QUIET = click.option("--quiet", is_flag=True,
+                      help="No progress bar and no progress lines on stderr (log.txt in the run folder keeps them).")
+
+
 # --- train -----------------------------------------------------------------------------------------------------
 
 # The options that set one TrainConfig field each: (field, option name or None for --field-name, help). Types and
@@ -123,9 +131,10 @@ def _parse_stages(text: str) -> tuple[int, ...]:
               "config's, 0).")
 @_DEVICE
 @threads_option
+@_QUIET
 @json_option
-def train_command(out, config_file, weights, tau_clamp, stages, init, resume, backend, seed, threads, as_json,
-                  **options):
+def train_command(out, config_file, weights, tau_clamp, stages, init, resume, backend, seed, threads, quiet,
+                  as_json, **options):
     """Train a student: stage 1 (ITC + 2·ITM), then stage 2 (the full objective, or --weights).
 
     Under torchrun (`torchrun --nproc_per_node=N -m rebalance train ...`) every process trains on its
@@ -152,8 +161,8 @@ def train_command(out, config_file, weights, tau_clamp, stages, init, resume, ba
     stage_list = _parse_stages(stages)
     ctx = from_environment(device=config.device, backend=backend)
     try:
-        summary = train_and_report(config, out, init=init, stages=stage_list, resume=resume, progress=not as_json,
-                                   log=_echo_err, dist_ctx=ctx)
+        summary = train_and_report(config, out, init=init, stages=stage_list, resume=resume,
+                                   progress=not (as_json or quiet), log=_silent if quiet else _echo_err, dist_ctx=ctx)
     finally:
         ctx.close()
     if not ctx.is_main:  # process 0 reports for all
@@ -206,8 +215,9 @@ def eval_command(run_dir, which, split, device, threads, as_json):
 @seed_option
 @_DEVICE
 @threads_option
+@_QUIET
 @json_option
-def demo_command(fast, out, seed, device, threads, as_json):
+def demo_command(fast, out, seed, device, threads, quiet, as_json):
     """The main job: data -> teachers -> stage 1 -> baseline and full stage 2 -> evaluation, in one folder."""
     from rebalance.demo import print_summary, run_demo
 
@@ -215,7 +225,7 @@ def demo_command(fast, out, seed, device, threads, as_json):
     _check_device(device)
     out = out or ("runs/demo-fast" if fast else "runs/demo")
     results = run_demo(out, fast=fast, seed=seed, device=device or "cpu", threads=threads,
-                       log=_echo_err, progress=not as_json)
+                       log=_silent if quiet else _echo_err, progress=not (as_json or quiet))
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return

@@ -41,7 +41,7 @@ def test_every_condition_of_a_seed_starts_from_the_same_stage1(tmp_path):
         stage1 = tmp_path / f"seed{seed}" / "checkpoints" / "stage1-best.pt"
         for name in ("baseline", "full"):
             log = (tmp_path / f"seed{seed}" / name / "log.txt").read_text()
-            assert f"stage 2: starting from {stage1}" in log
+            assert f"seed {seed}: stage 2 — {name}: starting from {stage1}" in log
             config = json.loads((tmp_path / f"seed{seed}" / name / "config.json").read_text())
             assert config["seed"] == seed and config["preset"] == "balanced"
     assert (tmp_path / "ablation.md").is_file() and (tmp_path / "plots" / "ablation.png").is_file()

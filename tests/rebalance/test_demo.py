@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -21,17 +22,19 @@ def demo(tmp_path_factory):
 def test_demo_fast_runs_end_to_end_into_one_folder(demo):
     out, stdout = demo
     results = json.loads((out / "results.json").read_text())
-    assert list(results["rows"]) == ["stage 1 (ITC+ITM)", "stage 2 baseline (ITC+ITM)", "stage 2 full objective"]
+    assert list(results["rows"]) == ["stage 1 (ITC + 2·ITM)", "stage 2 baseline (ITC + 2·ITM)",
+                                     "stage 2 full objective"]
     for row in results["rows"].values():
         assert 0 <= row["cos_r_mean"] <= 100 and 0 <= row["attr_i2i@10"] <= 100
     diff = results["full_minus_baseline"]
-    full, base = results["rows"]["stage 2 full objective"], results["rows"]["stage 2 baseline (ITC+ITM)"]
+    full, base = results["rows"]["stage 2 full objective"], results["rows"]["stage 2 baseline (ITC + 2·ITM)"]
     assert diff["attr_i2i@10"] == pytest.approx(full["attr_i2i@10"] - base["attr_i2i@10"])
     assert set(results["phases_s"]) >= {"data", "teachers", "stage1", "stage2 baseline", "stage2 full", "eval",
                                         "total"}
     assert results["config"] == demo_config(fast=True).to_dict()
     for name in ("results.md", "report.md", "plots/full_vs_baseline.png", "plots/traces.png", "plots/relations.png",
                  "plots/search.png",
+                 "plots/modality_gap.png", "baseline/plots/relations.png", "baseline/plots/modality_gap.png",
                  "teacher_check.json", "baseline/eval.json", "teachers/report.json", "bundle/manifest.json"):
         assert (out / name).is_file(), name
     assert "| stage 2 full objective |" in stdout and "Full vs baseline:" in stdout
@@ -43,6 +46,22 @@ def test_demo_fast_runs_end_to_end_into_one_folder(demo):
     assert all(h["pixels"] == f"gallery/images.npy[{h['index']}]" for h in search["hits"])
     assert search["grid"] == "plots/search.png"
     assert "![search hits](plots/search.png)" in (out / "results.md").read_text()
+
+
+def test_the_demo_report_explains_its_columns_flags_and_shows_each_figure_once(demo):
+    out, stdout = demo
+    results = json.loads((out / "results.json").read_text())
+    # --fast evaluates with k_test 8 < 10: every row says its ITM recall mixes in cosine ranks
+    assert sum("k_test = 8 is below R@10" in note for note in results["cautions"]) == 3
+    assert stdout.count("caution: ") == len(results["cautions"])
+    for name in ("results.md", "report.md"):
+        text = (out / name).read_text()
+        assert "**gap**: modality gap" in text and "higher is better" in text and "k_test = 8" in text
+        images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+        assert images and len(images) == len(set(images)), (name, images)
+    report = (out / "report.md").read_text()
+    assert "# Run `run`: stage 2 full objective" in report
+    assert "| stage 2 full objective |" in report and "| run |" in report
 
 
 def test_the_demo_folder_loads_as_the_full_run_and_its_baseline(demo):

@@ -155,3 +155,19 @@ def test_schedule_and_batch_order():
     assert sorted(epoch.tolist()) == list(range(40))
     assert torch.equal(batch_rows(3, 1, 7, 40, 8), batch_rows(3, 1, 7, 40, 8))
     assert not torch.equal(batch_rows(3, 1, 0, 40, 8), batch_rows(3, 1, 5, 40, 8))
+
+
+def test_the_progress_bar_names_its_phase_and_shows_the_logged_loss_and_tau(prepared, tmp_path, monkeypatch, capsys):
+    from rebalance_torch import runlog
+
+    config = TINY.replace(stage1_steps=12)  # LOG_EVERY = 10: one logged step before the stage's last
+    monkeypatch.setattr(runlog, "interactive", lambda: True)  # as on a terminal
+    lines = []
+    train(config, tmp_path / "bar", prepared=prepared, stages=(1,), log=lines.append, label="stage 1 — mine",
+          evaluate_test=False)
+    err = capsys.readouterr().err
+    assert "stage 1 — mine" in err and "12/12" in err and "loss=" in err and "τ=" in err
+    assert any(line.startswith("stage 1 — mine: steps 0->12") for line in lines)
+    monkeypatch.setattr(runlog, "interactive", lambda: False)  # a pipe or a log file: no bar
+    train(config, tmp_path / "pipe", prepared=prepared, stages=(1,), log=_quiet, evaluate_test=False)
+    assert capsys.readouterr().err == ""
