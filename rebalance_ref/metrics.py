@@ -135,6 +135,25 @@ def retrieval_ranks(sim_i2t, txt2img, *, sim_t2i=None, ties: str = "optimistic",
     return i2t, t2i_rank
 
 
+def lexicographic_scores(primary, secondary) -> np.ndarray:
+    """Scores whose row-wise order is the order of `primary`, ties broken by `secondary` (both higher = better):
+    float64 (Q, G), each row's entries the positions 0..G-1 of its items in ascending (primary, secondary) order,
+    equal pairs sharing one value. The paper's ITM re-ranking needs it: a head that gives several candidates the
+    same logit (one that never left its label prior gives them all the same) must not rank the positive first by
+    the optimistic tie rule; the candidates' cosine order decides instead.  primary, secondary: (Q, G)."""
+    a = _matrix("primary", primary, "(Q, G)")
+    b = _matrix("secondary", secondary, "(Q, G)")
+    if a.shape != b.shape:
+        raise ValueError(f"primary and secondary: expected the same shape, got {a.shape} and {b.shape}")
+    out = np.empty(a.shape, dtype=np.float64)
+    for row in range(a.shape[0]):
+        order = np.lexsort((b[row], a[row]))                              # ascending: primary, then secondary
+        pa, pb = a[row, order], b[row, order]
+        new = np.concatenate([[True], (pa[1:] != pa[:-1]) | (pb[1:] != pb[:-1])])
+        out[row, order] = np.flatnonzero(new)[np.cumsum(new) - 1]         # equal pairs share their first position
+    return out
+
+
 def retrieval_recall(sim_i2t, txt2img, ks=(1, 5, 10), *, sim_t2i=None, ties: str = "optimistic",
                      chunk: int | None = None) -> dict[str, float]:
     """Cross-modal Recall@K in percent: i2t_r{k}, t2i_r{k} for each k, i2t_mean, t2i_mean and r_mean.

@@ -237,7 +237,10 @@ def evaluate_student(student, split: CaptionedImages, tokenizer, relevance: Rele
     emb = encode_split(student, split, tokenizer, device=device, keep_tokens=itm)
     out = cosine_recall(emb)
     if itm:
-        out.update(recall_pair(*itm_rerank(student, emb, k_test, device=device), emb.txt2img, "itm"))
+        score_i2t, score_t2i = itm_rerank(student, emb, k_test, device=device)
+        sims = emb.v @ emb.t.T  # ties of the ITM logit are broken by the cosine that chose the candidates
+        out.update(recall_pair(metrics.lexicographic_scores(score_i2t, sims),
+                               metrics.lexicographic_scores(score_t2i, sims.T), emb.txt2img, "itm"))
     out.update(single_modal_ndcg(emb.v, emb.t, relevance))
     out.update(mixed_ndcg(emb.v, emb.t, relevance))
     out.update(geometry(emb))

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from rebalance_ref import metrics
 from rebalance_ref.metrics import (
     alignment,
     modality_gap,
@@ -374,3 +375,17 @@ def test_rouge_relevance_without_numpy_bitwise_count(monkeypatch):
     want = rouge_relevance(captions, images)
     monkeypatch.delattr(np, "bitwise_count", raising=False)  # the NumPy < 2 path: popcount by unpacking bytes
     np.testing.assert_array_equal(rouge_relevance(captions, images), want)
+
+
+def test_lexicographic_scores_break_primary_ties_by_the_secondary_key():
+    primary = np.array([[1.0, 1.0, 1.0, 0.0], [2.0, 1.0, 3.0, 3.0]])
+    secondary = np.array([[0.1, 0.3, 0.2, 0.9], [0.5, 0.5, 0.1, 0.1]])
+    scores = metrics.lexicographic_scores(primary, secondary)
+    assert np.argsort(-scores[0], kind="stable").tolist() == [1, 2, 0, 3]  # the tied logits ordered by cosine
+    assert scores[1, 2] == scores[1, 3] > scores[1, 0] > scores[1, 1]      # an exact tie of both keys stays a tie
+    # a constant head (every logit equal) then ranks exactly as the cosine does, not every candidate first
+    cos = np.random.default_rng(0).standard_normal((5, 7))
+    flat = metrics.lexicographic_scores(np.zeros((5, 7)), cos)
+    assert (np.argsort(flat, axis=1) == np.argsort(cos, axis=1)).all()
+    with pytest.raises(ValueError, match="same shape"):
+        metrics.lexicographic_scores(primary, secondary[:, :3])
