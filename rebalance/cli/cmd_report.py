@@ -7,12 +7,12 @@ import click
 from rebalance.recorded import DOCS, RECORDED_DIR, load_records, record_runs, regenerate, render
 
 
-@click.group("report")
+@click.group("report", short_help="Docs tables from recorded runs.")
 def report_group():
     """Docs tables from recorded runs (README.md, docs/results.md)."""
 
 
-@report_group.command("tables")
+@report_group.command("tables", short_help="Record runs; rewrite the docs' tables.")
 @click.option("--demo", "demo", type=click.Path(file_okay=False, exists=True), default=None,
               help="Record this demo run folder (its results.json) first, replacing docs/recorded/demo.json.")
 @click.option("--ablation", "ablations", multiple=True, type=click.Path(file_okay=False, exists=True),

@@ -45,7 +45,7 @@ def test_demo_fast_runs_end_to_end_into_one_folder(demo):
     assert [h["rank"] for h in search["hits"]] == [1, 2, 3, 4, 5]
     assert all(h["pixels"] == f"gallery/images.npy[{h['index']}]" for h in search["hits"])
     assert search["grid"] == "plots/search.png"
-    assert "![search hits](plots/search.png)" in (out / "results.md").read_text()
+    assert "![search](plots/search.png)" in (out / "results.md").read_text()
 
 
 def test_the_demo_report_explains_its_columns_flags_and_shows_each_figure_once(demo):

@@ -20,7 +20,7 @@ from rebalance_ref.tolerances import PARITY32_ATOL, PARITY32_RTOL, PARITY64_ATOL
 from rebalance_torch import checkpoint as ckpt
 from rebalance_torch.config import OFFICIAL_WEIGHTS, TrainConfig
 from rebalance_torch.distributed import DistContext, choose_backend, from_environment
-from rebalance_torch.evaluate import encode_split
+from rebalance_torch.evaluate import encode_split, itm_rerank
 from rebalance_torch.models import ModelConfig, Student
 from rebalance_torch.objective import Objective, as_numbers, compute_losses
 from rebalance_torch.runlog import read_metrics
@@ -248,10 +248,18 @@ def test_a_two_process_run_resumed_from_one_process_matches_one_process(launched
     (one_student, _, tokenizer), (two_student, _, _) = (ckpt.load_student(d, "best") for d in (tmp_path / "one",
                                                                                             two_dir))
     split = make_splits(RUN.preset, RUN.n_train, RUN.n_val, RUN.n_test, seed=RUN.seed, size=RUN.image_size)["test"]
-    one_emb, two_emb = (encode_split(s, split, tokenizer, keep_tokens=False) for s in (one_student, two_student))
+    one_emb, two_emb = (encode_split(s, split, tokenizer) for s in (one_student, two_student))
     np.testing.assert_allclose(two_emb.v, one_emb.v, rtol=PARITY32_RTOL, atol=PARITY32_ATOL)
     np.testing.assert_allclose(two_emb.t, one_emb.t, rtol=PARITY32_RTOL, atol=PARITY32_ATOL)
+    # the ITM head's re-ranking scores (the logits of the same top-k candidates) agree too
+    one_itm, two_itm = (itm_rerank(s, e, RUN.k_test) for s, e in ((one_student, one_emb), (two_student, two_emb)))
+    for a, b in zip(one_itm, two_itm, strict=True):
+        np.testing.assert_allclose(b, a, rtol=PARITY32_RTOL, atol=PARITY32_ATOL)
     for key, value in whole["test"].items():
+        if key.startswith("itm_"):
+            # after 8 steps the head gives every candidate nearly the same logit, and the cosines
+            # that break its ties differ by a float32 ulp between the runs: its R@K is noise, checked above instead
+            continue
         tolerance = RANKING_TOL if key.startswith(RANKING_METRICS) else PARITY32_ATOL
         assert abs(summary["test"][key] - value) <= tolerance + PARITY32_RTOL * abs(value), key
     assert json.loads((two_dir / "eval.json").read_text()) == summary["test"]
