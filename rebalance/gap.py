@@ -125,20 +125,20 @@ def tau_sweep(config, taus, out_dir, segment: int = 50, log=print) -> dict:
 # --- figures ---------------------------------------------------------------------------------------------------
 
 def plot_shift(curve: dict, path, title: str = "shift experiment") -> Path:
-    """Loss vs the signed gap after shifting, one line per temperature, each normalised to its value at the
-    original gap (so the curves share an axis); the original gap marked."""
+    """Loss vs the signed gap after shifting, one line per temperature, each as its change relative to its value at
+    the original gap in percent (so the curves share an axis); the original gap and each minimum marked."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     at_original = int(np.argmin(np.abs(curve["lam"])))
     for i, tau in enumerate(curve["tau"]):
-        loss = curve["loss"][i]
-        ax.plot(curve["gap"], loss - loss[at_original], label=f"1/τ = {1 / tau:.0f}")
-        low = int(np.argmin(loss))
-        ax.plot(curve["gap"][low], loss[low] - loss[at_original], "k.", ms=6)
+        change = 100.0 * (curve["loss"][i] / curve["loss"][i][at_original] - 1.0)
+        ax.plot(curve["gap"], change, label=f"1/τ = {1 / tau:.0f}")
+        low = int(np.argmin(change))
+        ax.plot(curve["gap"][low], change[low], "k.", ms=6)
     ax.axvline(curve["original_gap"], color="grey", ls="--", lw=1, label="original gap")
     ax.axvline(0.0, color="grey", ls=":", lw=1)
     ax.set_xlabel("signed gap after shifting (‖Δ′‖, negative = centroids passed each other)")
-    ax.set_ylabel("loss − loss at the original gap")
+    ax.set_ylabel("loss change vs the original gap (%)")
     ax.set_title(title + " (dots: minima)")
     ax.legend(fontsize=7)
     return _save(fig, path)
@@ -178,17 +178,17 @@ def plot_tau_sweep(sweep: dict, path) -> Path:
         axes[0].plot(sweep["steps"], gaps, marker=".", label=f"τ = {tau:g}")
         curve = final["shift"]
         at_original = int(np.argmin(np.abs(curve["lam"])))
-        loss = curve["loss"][0]  # the curve at the run's own τ
-        axes[1].plot(curve["gap"], loss - loss[at_original], label=f"τ = {tau:g}")
-        low = int(np.argmin(loss))
-        axes[1].plot(curve["gap"][low], loss[low] - loss[at_original], "k.", ms=6)
+        change = 100.0 * (curve["loss"][0] / curve["loss"][0][at_original] - 1.0)  # at the run's own τ
+        axes[1].plot(curve["gap"], change, label=f"τ = {tau:g}")
+        low = int(np.argmin(change))
+        axes[1].plot(curve["gap"][low], change[low], "k.", ms=6)
     axes[0].set_xlabel("stage-1 step")
     axes[0].set_ylabel("modality gap (val)")
     axes[0].set_title("gap over training, τ pinned")
     axes[0].legend()
     axes[1].axvline(0.0, color="grey", ls=":", lw=1)
     axes[1].set_xlabel("signed gap after shifting")
-    axes[1].set_ylabel("loss − loss at the learned gap")
+    axes[1].set_ylabel("loss change vs the learned gap (%)")
     axes[1].set_title("end point: shift curve at the run's own τ (dots: minima)")
     axes[1].legend()
     return _save(fig, path)
