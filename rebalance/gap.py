@@ -165,8 +165,8 @@ def plot_cone(depth_curves: dict[str, np.ndarray], student: dict | None, path) -
                                                                    strict=True)])
         ax.set_ylabel("mean pairwise cosine")
         ax.set_title("the student at init (test split)")
-        ax.set_ylim(0, 1.05)
-        ax.legend()
+        ax.set_ylim(0, 1.3)
+        ax.legend(ncol=2, loc="upper center")
     return _save(fig, path)
 
 
