@@ -9,6 +9,12 @@ Change a number here and every test that depends on it follows; never write a ba
 # F.normalize uses the same rule and the same default).
 NORM_EPS = 1e-12
 
+# Geodesic mixup (rebalance_ref.mixup.slerp): the cosine between the two endpoints is clamped at -1 + SLERP_COS_CLAMP
+# (antipodal rows have no unique geodesic and 1/sin θ would blow up), and rows closer than SLERP_MIN_ANGLE radians
+# use the normalised lerp, which equals slerp up to O(θ²) there and has no 0/0.
+SLERP_COS_CLAMP = 1e-6
+SLERP_MIN_ANGLE = 1e-4
+
 # --- finite differences (rebalance_ref.gradcheck) -----------------------------------------------------------------
 
 # Central-difference step in float64: truncation error ~ h^2, rounding error ~ 1e-16 / h; 1e-6 balances them.

@@ -4,7 +4,8 @@ A run is fully described by its config: `config.json` in the run folder is `Trai
 checkpoint carries `to_dict()`, and `--resume` refuses a checkpoint whose config differs. Validation happens in
 `__post_init__`, so a bad value fails when the config is made, with a `ValueError` naming the field.
 
-Loss weights are by name (docs/design.md §2): `itc, itm, iic, ttc, kd, kdi, kdt`. Stage 1 uses `stage1_weights`
+Loss weights are by name (docs/design.md §2): `itc, itm, iic, ttc, kd, kdi, kdt`, and the other methods' `gcl`
+(docs/gcl.md) and `m2mix` (docs/mixup.md). Stage 1 uses `stage1_weights`
 (the official ITC + 2·ITM), stage 2 uses `weights` (the official 1, 2, 1, 2, 2, 1, 1). A compute-matched
 baseline is stage 2 with `weights={"itc": 1, "itm": 2}`; any ablation is a choice of weights.
 """
@@ -21,8 +22,10 @@ from rebalance_ref.checks import DISTANCES
 from rebalance_ref.files import write_text_atomic
 from rebalance_ref.shapes import PRESETS
 
-LOSS_NAMES = ("itc", "itm", "iic", "ttc", "kd", "kdi", "kdt", "moe_importance", "moe_load", "moe_local",
-              "moe_global")
+# The paper's terms, then other methods' (docs/gcl.md, docs/mixup.md, docs/experts.md): "gcl" all-modality
+# contrast over the fused embedding, "m2mix" geodesic-mixup hard negatives, the LIMoE auxiliaries.
+LOSS_NAMES = ("itc", "itm", "iic", "ttc", "kd", "kdi", "kdt", "gcl", "m2mix", "moe_importance", "moe_load",
+              "moe_local", "moe_global")
 # The mixture-of-experts auxiliaries (LIMoE, docs/experts.md): they need a student with `model_overrides["moe"]`.
 MOE_TERMS = ("moe_importance", "moe_load", "moe_local", "moe_global")
 TEACHER_TERMS = ("iic", "ttc", "kd", "kdi", "kdt")   # the terms that read teacher features (stage 2 only)
@@ -122,6 +125,8 @@ class TrainConfig:
     itc_alpha_warmup: float = 0.1
     # LIMoE's thresholded global entropy: zero once each modality's mean routing is as spread as this many experts
     moe_min_experts: float = 2.0
+    mix_beta: float = 0.5     # m²-Mix: λ ~ Beta(mix_beta, mix_beta), drawn once per step (docs/mixup.md)
+    mix_tau: float = 0.07     # m²-Mix: the fixed temperature of the mixed hard-negative loss
     # --- selection and evaluation
     eval_every: int = 125
     select_on: str = "r_mean"
@@ -155,13 +160,13 @@ class TrainConfig:
         if self.teacher_epochs is not None and (not isinstance(self.teacher_epochs, int) or self.teacher_epochs < 1):
             raise ValueError(f"teacher_epochs must be None or an integer >= 1, got {self.teacher_epochs!r}")
         for name, low, high in (("lr", 0.0, 1.0), ("weight_decay", 0.0, 10.0), ("warmup", 0.0, 1.0),
-                                ("tau2_init", 0.0, 100.0)):
+                                ("tau2_init", 0.0, 100.0), ("mix_beta", 0.0, 100.0), ("mix_tau", 0.0, 100.0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
-            if not (low <= value <= high) or (name in ("lr", "tau2_init") and value == 0):
-                raise ValueError(f"{name} must lie in {'(' if name in ('lr', 'tau2_init') else '['}{low}, {high}], "
-                                 f"got {value!r}")
+            open_low = name in ("lr", "tau2_init", "mix_beta", "mix_tau")
+            if not (low <= value <= high) or (open_low and value == 0):
+                raise ValueError(f"{name} must lie in {'(' if open_low else '['}{low}, {high}], got {value!r}")
             setattr(self, name, float(value))
         if self.grad_clip is not None and (not isinstance(self.grad_clip, (int, float)) or not self.grad_clip > 0):
             raise ValueError(f"grad_clip must be None or a number > 0, got {self.grad_clip!r}")

@@ -10,7 +10,9 @@ For a split of N images with their captions (C = 5N on val/test):
 - mixed NDCG@10/20/50: I2IT (query image i, gallery all images and all captions) and T2IT (query the first caption
   of each image, gallery all captions and all images), the query itself always removed — `rouge_i2it@10`, ...;
 - the same four with relevance from the true scene attributes on synthetic data — `attr_i2i@10`, ...;
-- geometry: `modality_gap`, `alignment` (over matching pairs), `uniformity_image`, `uniformity_text`.
+- geometry: `modality_gap`, `alignment` (over matching pairs), `uniformity_image`, `uniformity_text`, and as
+  m²-Mix measures them (docs/mixup.md) `alignment_relative` and `uniformity_joint` (both modalities together);
+- universal retrieval (docs/gcl.md), every query modality (i, t, it) against every key modality: `uni_*` keys.
 
 Relevance, as the official code / TERAN: M = rouge_relevance(captions, captions per image) (C × N),
 M[c, j] = ROUGE-L of caption c against the captions of image j; an image stands for its first caption.
@@ -140,6 +142,8 @@ class SplitEmbeddings:
     v: np.ndarray
     t: np.ndarray
     txt2img: np.ndarray
+    v_raw: np.ndarray | None = None   # (N, D) the projections before n(.), for the fused embedding (docs/gcl.md)
+    t_raw: np.ndarray | None = None   # (C, D)
 
 
 def encode_split(student, split: CaptionedImages, tokenizer, device: str = "cpu", batch_size: int = 256,
@@ -152,23 +156,26 @@ def encode_split(student, split: CaptionedImages, tokenizer, device: str = "cpu"
     ids_t, mask_t = torch.as_tensor(ids, dtype=torch.int64), torch.as_tensor(mask, dtype=torch.int64)
     was_training = student.training
     student.eval()
-    image_tokens, vs, text_tokens, ts = [], [], [], []
+    image_tokens, vs, text_tokens, ts, vs_raw, ts_raw = [], [], [], [], [], []
     with torch.no_grad():
         for images in image_batches(split, batch_size):
             tokens, pooled = student.encode_image(images.to(device))
             vs.append(student.project_image(pooled).float().cpu())
+            vs_raw.append(student.vision_proj(pooled).float().cpu())
             if keep_tokens:
                 image_tokens.append(tokens.cpu())
         for start in range(0, len(flat), batch_size):
             i, m = ids_t[start:start + batch_size].to(device), mask_t[start:start + batch_size].to(device)
             tokens, pooled = student.encode_text(i, m)
             ts.append(student.project_text(pooled).float().cpu())
+            ts_raw.append(student.text_proj(pooled).float().cpu())
             if keep_tokens:
                 text_tokens.append(tokens.cpu())
     student.train(was_training)
     return SplitEmbeddings(image_tokens=torch.cat(image_tokens) if keep_tokens else None,
                            text_tokens=torch.cat(text_tokens) if keep_tokens else None, mask=mask_t,
-                           v=torch.cat(vs).numpy(), t=torch.cat(ts).numpy(), txt2img=txt2img)
+                           v=torch.cat(vs).numpy(), t=torch.cat(ts).numpy(), txt2img=txt2img,
+                           v_raw=torch.cat(vs_raw).numpy(), t_raw=torch.cat(ts_raw).numpy())
 
 
 def itm_rerank(student, emb: SplitEmbeddings, k: int, device: str = "cpu", batch_size: int = 1024):
@@ -222,11 +229,57 @@ def cosine_recall(emb: SplitEmbeddings) -> dict[str, float]:
 
 
 def geometry(emb: SplitEmbeddings) -> dict[str, float]:
-    """Modality gap, alignment of matching pairs, uniformity of each modality (Wang & Isola)."""
+    """Modality gap, alignment of matching pairs, uniformity of each modality (Wang & Isola), and m²-Mix's
+    relative alignment and the uniformity of both modalities together (rebalance_ref.gap)."""
+    from rebalance_ref import gap
+
     return {"modality_gap": float(metrics.modality_gap(emb.v, emb.t)),
             "alignment": float(metrics.alignment(emb.v[emb.txt2img], emb.t)),
             "uniformity_image": float(metrics.uniformity(emb.v)),
-            "uniformity_text": float(metrics.uniformity(emb.t))}
+            "uniformity_text": float(metrics.uniformity(emb.t)),
+            "alignment_relative": gap.relative_alignment(emb.v, emb.t, emb.txt2img),
+            "uniformity_joint": gap.joint_uniformity(emb.v, emb.t)}
+
+
+UNIVERSAL_MODALITIES = ("i", "t", "it")
+
+
+def universal_retrieval(emb: SplitEmbeddings, rel: Relevance) -> dict[str, float]:
+    """Every query modality against every key modality over the split's N images (docs/gcl.md).
+
+    Queries: image j (i), its first caption (t), their fused embedding n(W_v h_v + W_t h_t) (it). Keys: image k
+    (i), its *second* caption (t), the fused embedding of image k with its second caption (it). The positive of
+    query j is key j in every cell, so a query never meets its own caption: `uni_{q}2{k}_r1/_r5/_r10`
+    (percent) for the 8 cells where key j differs from query j (i→i would find itself: no recall there), and
+    their mean `uni_r_mean`. With scene attributes, `uni_attr_{q}2{k}@10` for all 9 cells: NDCG@10 of the other
+    N - 1 keys (key j left out) by attribute relevance, and their mean `uni_attr_mean@10`. Needs 2 captions per
+    image and the raw projections (empty dict otherwise)."""
+    from rebalance_ref.gcl import fuse
+
+    counts = np.bincount(rel.txt2img, minlength=len(rel.first))
+    if emb.v_raw is None or emb.t_raw is None or counts.min() < 2:
+        return {}
+    first, second = rel.first, rel.first + 1
+    queries = {"i": emb.v, "t": emb.t[first], "it": fuse(emb.v_raw, emb.t_raw[first])[0]}
+    keys = {"i": emb.v, "t": emb.t[second], "it": fuse(emb.v_raw, emb.t_raw[second])[0]}
+    n = len(first)
+    out: dict[str, float] = {}
+    recalls, ndcgs = [], []
+    for q in UNIVERSAL_MODALITIES:
+        for k in UNIVERSAL_MODALITIES:
+            sim = _unit(queries[q]) @ _unit(keys[k]).T  # (N, N)
+            if (q, k) != ("i", "i"):
+                rec = metrics.retrieval_recall(sim, np.arange(n))
+                for r in ("r1", "r5", "r10"):
+                    out[f"uni_{q}2{k}_{r}"] = float(rec[f"i2t_{r}"])
+                recalls.append(float(rec["i2t_mean"]))
+            if rel.attr is not None:
+                _ndcg(sim, rel.attr, np.arange(n), (10,), f"uni_attr_{q}2{k}", out)
+                ndcgs.append(out[f"uni_attr_{q}2{k}@10"])
+    out["uni_r_mean"] = float(np.mean(recalls))
+    if ndcgs:
+        out["uni_attr_mean@10"] = float(np.mean(ndcgs))
+    return out
 
 
 def evaluate_student(student, split: CaptionedImages, tokenizer, relevance: Relevance | None = None,
@@ -244,6 +297,7 @@ def evaluate_student(student, split: CaptionedImages, tokenizer, relevance: Rele
     out.update(single_modal_ndcg(emb.v, emb.t, relevance))
     out.update(mixed_ndcg(emb.v, emb.t, relevance))
     out.update(geometry(emb))
+    out.update(universal_retrieval(emb, relevance))
     return out
 
 

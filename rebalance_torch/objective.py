@@ -12,6 +12,9 @@ One step on a batch of B caption rows (image index `idx`, teacher features `a`, 
     KD/KDI/KDT= structure terms of the student relation (fused z, or the projected [v, t]) vs λ·S(b) + (1−λ)·S(a)
     MoE aux   = with a mixture-of-experts student: importance, load, local and global routing entropy
                 (rebalance_torch.moe.auxiliary_terms), by name like every other term
+    GCL       = gcl(W_v h_v, W_t h_t, τ, idx): the raw projections, fused inside (docs/gcl.md)
+    M2MIX     = m2_mix(v, t, λ_mix, mix_tau, idx), λ_mix ~ Beta(mix_beta, mix_beta) drawn once per step from
+                torch's RNG, which the trainer reseeds every step (docs/mixup.md)
     L         = Σ weight[name] · term[name]
 
 The terms come back as detached 0-d tensors: turning them into Python numbers waits for the device, so the
@@ -26,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rebalance_torch import losses, moe
+from rebalance_torch import gcl, losses, mixup, moe
 from rebalance_torch.config import LOSS_NAMES, STRUCTURE_TERMS, TrainConfig
 from rebalance_torch.distributed import DistContext
 from rebalance_torch.models import Student
@@ -135,6 +138,8 @@ def compute_losses(student: Student, objective: Objective | None, config: TrainC
     if w["itm"] or need_z:
         z = _matching(student, config, terms, w["itm"] > 0, images.shape[0], v, t, idx, v_all, t_all, idx_all,
                       image_tokens, text_tokens, mask, tau, ctx, itm_generator)
+    other, extra = _other_methods(student, config, w, h_v, h_t, v_all, t_all, idx_all, tau, gather)
+    terms.update(other)
     if stage == 2 and objective is not None:
         terms.update(_teacher_terms(objective, config, w, v_all, t_all, idx_all, tau, z, image_feats, text_feats,
                                     gather))
@@ -143,6 +148,7 @@ def compute_losses(student: Student, objective: Objective | None, config: TrainC
     logged["loss"] = total.detach()
     # the parameters as they were for this step's loss (clones: the optimiser updates the parameters in place)
     logged["tau"] = tau.detach().clone()
+    logged.update(extra)
     if stage == 2 and objective is not None:
         logged["lam"] = objective.lam().detach().clone()
         logged["tau2"] = objective.tau2().detach().clone()
@@ -177,6 +183,24 @@ def _matching(student, config, terms, with_itm, b, v, t, idx, v_all, t_all, idx_
                             torch.zeros(2 * b, dtype=torch.int64, device=v.device)])
         terms["itm"] = losses.itm(student.itm_head(fused_cls), labels)
     return fused_cls[:b]                                            # the positive pairs' z
+
+
+def _other_methods(student, config, w, h_v, h_t, v_all, t_all, idx_all, tau, gather):
+    """GCL and m²-Mix when weighted: `(terms, extra logged values)`. GCL reads the raw projections W_v h_v, W_t h_t
+    (the student's `v`, `t` before n(.)); m²-Mix draws its λ here, after ITM's negatives, so that adding it changes
+    no other random draw; the drawn λ is logged as "mix_lam"."""
+    terms: dict[str, torch.Tensor] = {}
+    extra: dict[str, torch.Tensor] = {}
+    if w["gcl"]:
+        terms["gcl"] = gcl.gcl(gather(student.vision_proj(h_v)), gather(student.text_proj(h_t)), tau, idx_all)
+    if w["m2mix"]:
+        beta = torch.tensor(config.mix_beta, dtype=torch.float64)
+        # on the host (no device read): the config already checked beta, so the distribution need not
+        lam = torch.distributions.Beta(beta, beta, validate_args=False).sample().to(device=v_all.device,
+                                                                              dtype=v_all.dtype)
+        terms["m2mix"] = mixup.m2_mix(v_all, t_all, lam, config.mix_tau, idx_all)
+        extra["mix_lam"] = lam.detach()
+    return terms, extra
 
 
 def _teacher_terms(objective, config, w, v_all, t_all, idx_all, tau, z, image_feats, text_feats,

@@ -29,6 +29,7 @@ FIGURES = {
                                   "run/plots/traces.png"],
     "06_evaluation_protocol": ["recall_at_k.png", "ndcg_one_query.png"],
     "07_export_and_search": ["search_results.png", "bundle/manifest.json"],
+    "08_other_answers": ["slerp_path.png", "universal_grid.png", "geometry.png", "cone.png", "shift.png"],
     "09_momentum_and_experts": ["momentum_vs_baseline.png", "expert_use.png"],
 }
 

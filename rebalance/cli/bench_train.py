@@ -3,12 +3,13 @@
 One training step = forward, backward and the AdamW update of the student (and, in stage 2, the objective's own
 parameters), on one batch of the text-poor shapes world with teacher features of the teachers' width. Conditions:
 the compute-matched baseline (ITC + 2·ITM), the full objective (1, 2, 1, 2, 2, 1, 1, KD on the fused z), and the
-full objective with KD on the projected [v, t], and the methods' options on the baseline: ITC with ALBEF's
-momentum distillation (EMA copy, queue of 512), and a LIMoE student (8 experts in the last block of each tower,
-shared by the towers, top-1, with its four auxiliary terms; docs/experts.md). Samples alternate between the
-conditions (A B C A B C ...,
-`rebalance_ref.timing.side_by_side`), so a neighbour's load hits all of them alike; the figures are the median per
-condition and the median of the paired ratios to the baseline.
+full objective with KD on the projected [v, t], and the methods' options: ITC with ALBEF's momentum
+distillation (EMA copy, queue of 512) and a LIMoE student (8 experts in the last block of each tower, shared by
+the towers, top-1, with its four auxiliary terms; docs/experts.md) on the baseline, GCL in place of ITC
+(gcl + 2·ITM, docs/gcl.md) and m²-Mix added to the baseline (ITC + 2·ITM + 0.1·m2mix, docs/mixup.md). Samples
+alternate between the conditions (A B C A B C ..., `rebalance_ref.timing.side_by_side`), so a neighbour's load
+hits all of them alike; the figures are the median per condition and the median of the paired ratios to the
+baseline.
 `--demo-run DIR` also prints the wall time per phase a `rebalance demo` run recorded in `DIR/results.json`.
 """
 
@@ -55,7 +56,9 @@ def measure(batch_size: int = 64, repeats: int = 15, seed: int = 0, model: str =
                   "full (KD on [v,t])": base.replace(student_relation="projected"),
                   "itc (momentum)+itm": base.replace(weights=dict(BASELINE_WEIGHTS), itc_momentum=0.995),
                   "itc+itm, LIMoE": base.replace(model_overrides={"moe": {"experts": 8}},
-                                                 weights={**BASELINE_WEIGHTS, **dict.fromkeys(MOE_TERMS, 0.005)})}
+                                                 weights={**BASELINE_WEIGHTS, **dict.fromkeys(MOE_TERMS, 0.005)}),
+                  "gcl+itm": base.replace(weights={"gcl": 1.0, "itm": 2.0}),
+                  "itc+itm+m2mix": base.replace(weights={**BASELINE_WEIGHTS, "m2mix": 0.1})}
 
     def make_step(config):
         student = build_student(config, tokenizer)

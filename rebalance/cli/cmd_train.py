@@ -71,6 +71,8 @@ _CONFIG_OPTIONS = (
     ("itc_queue", None, "Rows of momentum distillation's feature queue."),
     ("itm_negatives", None, "Under torchrun: ITM hard negatives from each process's rows (official) or the "
                             "gathered batch."),
+    ("mix_beta", None, "m²-Mix (weight m2mix): λ ~ Beta(β, β) drawn once per step."),
+    ("mix_tau", None, "m²-Mix: the fixed temperature of the mixed hard-negative loss."),
 )
 _PATH_FIELDS = ("data_dir", "teacher_dir")
 

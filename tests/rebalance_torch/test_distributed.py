@@ -149,7 +149,7 @@ def _quiet(_message):
 # captions' cosines differ by ~6e-8 (one float32 ulp), the two runs' embeddings by ~1.2e-7, so a near-tie can
 # swap places. Such metrics may differ by one query's worth: 100 / (queries of the smallest query set; I2I and
 # T2T use one query per test image). Measured: up to 4.0 points (attr_t2t@20) with identical cross-modal recall.
-RANKING_METRICS = ("cos_", "itm_", "rouge_", "attr_")
+RANKING_METRICS = ("cos_", "itm_", "rouge_", "attr_", "uni_")
 RUN = TrainConfig(n_train=16, n_val=8, n_test=8, stage1_steps=4, stage2_steps=4, batch_size=8, eval_every=2,
                   k_test=4, model_overrides=SMALL_MODEL, lr=3e-3, itm_negatives="global")
 RANKING_TOL = 100 / RUN.n_test

@@ -5,6 +5,7 @@ import torch
 from rebalance_ref import metrics
 from rebalance_ref.shapes import attribute_relevance, attribute_targets, make_splits
 from rebalance_ref.tokenizer import Tokenizer
+from rebalance_ref.tolerances import SAME_DIRECTION_ATOL
 from rebalance_torch import evaluate as ev
 from rebalance_torch.models import ModelConfig, Student
 
@@ -102,3 +103,25 @@ def test_evaluate_student_reports_every_metric(world):
         assert np.isfinite(out[key])
     table = ev.markdown_table({"x": out})
     assert table.splitlines()[0].startswith("| run | R-mean (cos)") and "| x |" in table
+
+
+def test_universal_retrieval_grid(world):
+    split, tokenizer, student, rel = world
+    emb = ev.encode_split(student, split, tokenizer, keep_tokens=False)
+    out = ev.universal_retrieval(emb, rel)
+    cells = [(q, k) for q in ev.UNIVERSAL_MODALITIES for k in ev.UNIVERSAL_MODALITIES]
+    assert {f"uni_attr_{q}2{k}@10" for q, k in cells} <= set(out)
+    assert "uni_i2i_r1" not in out and all(f"uni_{q}2{k}_r1" in out for q, k in cells if (q, k) != ("i", "i"))
+    # the image->text cell is cross-modal recall with the second caption as the only key of each image
+    second = rel.first + 1
+    expected = metrics.retrieval_recall(emb.v @ emb.t[second].T, np.arange(len(split)))["i2t_r5"]
+    assert out["uni_i2t_r5"] == pytest.approx(expected)
+    # fused keys built from the raw projections
+    assert emb.v_raw.shape == emb.v.shape and emb.t_raw.shape == emb.t.shape
+    np.testing.assert_allclose(emb.v, emb.v_raw / np.linalg.norm(emb.v_raw, axis=1, keepdims=True),
+                               atol=SAME_DIRECTION_ATOL)
+    full = ev.evaluate_student(student, split, tokenizer, relevance=rel, k_test=4, itm=False)
+    assert full["uni_r_mean"] == pytest.approx(out["uni_r_mean"])
+    assert np.isfinite(full["alignment_relative"]) and np.isfinite(full["uniformity_joint"])
+    emb.v_raw = None
+    assert ev.universal_retrieval(emb, rel) == {}
