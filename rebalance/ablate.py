@@ -160,15 +160,16 @@ def table_markdown(table: dict, keys=TABLE_KEYS) -> str:
 
 def run_ablation(preset: str, seeds: int = 3, jobs: int = 2, out: str | Path | None = None,
                  base: TrainConfig | None = None, conditions: dict[str, dict] | None = None,
-                 log: Callable[[str], None] = print) -> dict:
-    """Stage 1 per seed, then every condition per seed from it; returns (and writes) the paired table."""
+                 log: Callable[[str], None] = print, keys=TABLE_KEYS, name: str = "ablate") -> dict:
+    """Stage 1 per seed, then every condition per seed from it; returns (and writes) the paired table over `keys`
+    ((metric, label) pairs). `name` names the job in the log and the files (`rebalance compare` is one)."""
     if seeds < 1 or jobs < 1:
         raise ValueError(f"seeds and jobs must be >= 1, got seeds={seeds}, jobs={jobs}")
     conditions = conditions or CONDITIONS
     if "baseline" not in conditions:
         raise ValueError("conditions must include 'baseline' (the paired differences are taken against it)")
     base = (base or demo_config()).replace(preset=preset, threads=1)
-    out = Path(out or f"runs/ablate-{preset}")
+    out = Path(out or f"runs/{name}-{preset}")
     out.mkdir(parents=True, exist_ok=True)
     tic = time.perf_counter()
     seed_dirs = {s: out / f"seed{s}" for s in range(seeds)}
@@ -178,24 +179,25 @@ def run_ablation(preset: str, seeds: int = 3, jobs: int = 2, out: str | Path | N
                                                                      **changes).to_dict(), str(d),
                                         str(d / _folder(name)), name))
                            for name, changes in conditions.items()] for s, d in seed_dirs.items()}
-    log(f"ablate {preset}: {seeds} seeds × {len(conditions)} conditions, {jobs} process(es); stage 1 for "
+    log(f"{name} {preset}: {seeds} seeds × {len(conditions)} conditions, {jobs} process(es); stage 1 for "
         f"{sum(t is not None for t in stage1_tasks.values())} seed(s)")
     done = _pipeline(stage1_tasks, condition_tasks, jobs, log)
     results: dict[str, dict[int, dict]] = {name: {} for name in conditions}
     for (name, s), result in sorted(done.items(), key=lambda item: (item[0][1], list(conditions).index(item[0][0]))):
         results[name][s] = result["test"]
-    table = paired_table(results)
+    table = paired_table(results, keys)
     elapsed = time.perf_counter() - tic
-    labels = [(k, label) for k, label in TABLE_KEYS if k in table["baseline"]]
+    labels = [(k, label) for k, label in keys if k in table["baseline"]]
     plots.plot_ablation(table["diff"], labels, out / "plots" / "ablation.png",
                         title=f"{preset}: condition − baseline, mean ± std over {seeds} seeds")
     record = {"preset": preset, "seeds": seeds, "jobs": jobs, "config": base.to_dict(),
               "conditions": {k: v for k, v in conditions.items()}, "results": results, "table": table,
               "seconds": {"total": elapsed}, "code": code_version()}
     write_json_atomic(out / "ablation.json", record, indent=2)
-    md = table_markdown(table)
-    write_text_atomic(out / "ablation.md", f"# Ablation: {preset}, {seeds} seeds\n\n{md}\n\nWall time {elapsed:.0f} s "
-                                     f"with {jobs} process(es).\n\n![ablation](plots/ablation.png)\n")
+    md = table_markdown(table, keys)
+    write_text_atomic(out / "ablation.md", f"# {name.capitalize()}: {preset}, {seeds} seeds\n\n{md}\n\n"
+                                         f"Wall time {elapsed:.0f} s with {jobs} process(es).\n\n"
+                                         f"![ablation](plots/ablation.png)\n")
     log(md)
-    log(f"ablate {preset}: {elapsed:.0f} s")
+    log(f"{name} {preset}: {elapsed:.0f} s")
     return record
