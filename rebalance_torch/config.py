@@ -29,6 +29,9 @@ STUDENT_RELATIONS = ("fused", "projected")
 # Where ITM draws its hard negatives when training on several processes: this process's rows (official) or the
 # batch gathered from all processes (see docs/distributed.md).
 ITM_NEGATIVES = ("local", "global")
+# ITM sampler: a caption identical (same token ids) to one of the image's own is never drawn as its negative
+# ("positive", a deviation from the official code) or may be ("negative", official: only the same image is excluded)
+ITM_DUPLICATES = ("positive", "negative")
 DEVICES = ("cpu", "cuda")
 AUGMENTS = ("none", "mild")
 SELECT_ON = ("r_mean", "last")
@@ -102,6 +105,7 @@ class TrainConfig:
     tau_clamp: list | None = field(default_factory=lambda: [0.01, 0.5])
     student_relation: str = "fused"
     itm_negatives: str = "local"
+    itm_duplicates: str = "positive"
     # --- selection and evaluation
     eval_every: int = 125
     select_on: str = "r_mean"
@@ -145,7 +149,7 @@ class TrainConfig:
             raise ValueError(f"lam_init must lie in (0, 1) when lam='sigmoid', got {self.lam_init!r}")
         for name, allowed in (("distance", DISTANCES), ("image_teacher", IMAGE_TEACHERS), ("tau2", TAU2_MODES),
                               ("lam", LAMBDA_MODES), ("student_relation", STUDENT_RELATIONS),
-                              ("itm_negatives", ITM_NEGATIVES),
+                              ("itm_negatives", ITM_NEGATIVES), ("itm_duplicates", ITM_DUPLICATES),
                               ("device", DEVICES), ("select_on", SELECT_ON), ("augment", AUGMENTS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")

@@ -249,15 +249,26 @@ class Objective(nn.Module):
 
 # --- one step ---------------------------------------------------------------------------------------------------
 
+def itm_positive_pairs(idx: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, B) bool: rows i, j that the ITM sampler must not pair as a negative — the same image, and (`ids` (B, L)
+    given) the same caption token ids: a caption written for image j that is word for word a caption of image i
+    describes image i too (37 % of text-poor caption rows share their text with another image's caption)."""
+    same = idx[:, None] == idx[None, :]
+    if ids is not None:
+        same = same | (ids[:, None, :] == ids[None, :, :]).all(dim=-1)
+    return same
+
+
 def sample_itm_negatives(v: torch.Tensor, t: torch.Tensor, idx: torch.Tensor, tau: torch.Tensor,
-                         generator: torch.Generator | None = None):
+                         generator: torch.Generator | None = None, same: torch.Tensor | None = None):
     """Hard negatives (no grad): for each text j an image drawn from softmax_k(t_j·v_k/τ) + 1e-5, for each image i
-    a text drawn from softmax_k(v_i·t_k/τ) + 1e-5, entries of the same image set to 0. Returns
-    (negative image row per text (B,), negative text row per image (B,)). A row with no other image (a batch of
-    one image) falls back to uniform over the batch. Draws from `generator`, or torch's global RNG when None."""
+    a text drawn from softmax_k(v_i·t_k/τ) + 1e-5, entries of the same image set to 0 (or, given, the entries of the
+    (B, B) bool `same`, e.g. `itm_positive_pairs`). Returns (negative image row per text (B,), negative text row
+    per image (B,)). A row with no other image (a batch of one image) falls back to uniform over the batch. Draws
+    from `generator`, or torch's global RNG when None."""
     with torch.no_grad():
         sim = v @ t.T / tau                                  # (B, B) image i vs text j
-        same = idx[:, None] == idx[None, :]                   # (B, B)
+        same = idx[:, None] == idx[None, :] if same is None else same  # (B, B)
         w_i2t = F.softmax(sim.float(), dim=1) + 1e-5
         w_t2i = F.softmax(sim.T.float(), dim=1) + 1e-5
         w_i2t = w_i2t.masked_fill(same, 0.0)
@@ -305,12 +316,14 @@ def compute_losses(student: Student, objective: Objective | None, config: TrainC
         if w["itm"] and config.itm_negatives == "global":
             # negatives drawn over the global batch (the same draws on every process); each keeps its rows' draws
             # and takes the negatives' tokens from the gathered batch (token lengths padded to the longest)
+            same = itm_positive_pairs(idx_all, gather(ids, 1) if config.itm_duplicates == "positive" else None)
             neg_image, neg_text = (shard(n) for n in sample_itm_negatives(v_all, t_all, idx_all, tau,
-                                                                           itm_generator))
+                                                                           itm_generator, same))
             image_pool, text_pool, mask_pool = gather(image_tokens), gather(text_tokens, 1), gather(mask, 1)
             text_tokens, mask = shard(text_pool), shard(mask_pool)
         elif w["itm"]:
-            neg_image, neg_text = sample_itm_negatives(v, t, idx, tau, itm_generator)
+            same = itm_positive_pairs(idx, ids if config.itm_duplicates == "positive" else None)
+            neg_image, neg_text = sample_itm_negatives(v, t, idx, tau, itm_generator, same)
             image_pool, text_pool, mask_pool = image_tokens, text_tokens, mask
         if w["itm"]:
             text_all = torch.cat([text_tokens, text_tokens, text_pool[neg_text]])
