@@ -28,6 +28,7 @@ projected D-dimensional embeddings (the official final evaluation's choice).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -348,3 +349,28 @@ def probe_table(rows: dict[str, dict[str, float]], oracle: dict[str, float] | No
     if oracle:
         rows["oracle (true attributes)"] = oracle
     return markdown_table(rows, columns=PROBE_COLUMNS)
+
+
+# --- training diagnostics ---------------------------------------------------------------------------------------
+
+# The ITM loss of a head that has learned only the label prior (1 positive in 3 pairs): the entropy H(1/3) in nats.
+ITM_PRIOR_LOSS = -(math.log(1 / 3) / 3 + 2 * math.log(2 / 3) / 3)
+ITM_PLATEAU_TOLERANCE = 0.05  # flagged when the ITM loss ends within 5 % of ITM_PRIOR_LOSS
+
+
+def itm_plateau_lines(rows: list[dict]) -> list[str]:
+    """Markdown lines for a run's report: per stage, the mean ITM loss over the last 20 % of its logged steps
+    (`metrics.jsonl` rows), flagged when within ITM_PLATEAU_TOLERANCE of the prior H(1/3) = 0.636 (the ITM head
+    then ranks nothing, and `itm_*` recall is cosine recall scrambled by noise)."""
+    lines = []
+    for stage in (1, 2):
+        values = [r["itm"] for r in rows if r.get("stage") == stage and "itm" in r]
+        if not values:
+            continue
+        tail = values[int(0.8 * len(values)):]
+        mean = sum(tail) / len(tail)
+        flat = abs(mean - ITM_PRIOR_LOSS) <= ITM_PLATEAU_TOLERANCE * ITM_PRIOR_LOSS
+        lines.append(f"Stage {stage} ITM loss over its last 20 % of steps: {mean:.3f} (label prior H(1/3) = "
+                     f"{ITM_PRIOR_LOSS:.3f})" + (" — **ITM did not learn: the loss stayed on the prior**" if flat
+                                                 else "") + ".")
+    return lines

@@ -726,7 +726,10 @@ def write_run_outputs(run_dir: Path, config: TrainConfig, prepared: Prepared, st
     check = json.loads((run_dir / "teacher_check.json").read_text()) if (run_dir / "teacher_check.json").is_file() \
         else {}
     lines = [f"# Run `{run_dir.name}`", "", "## Test split (best validation checkpoint)", "",
-             ev.markdown_table({run_dir.name: results}), "", "## Teacher check (validation, NDCG@10)", ""]
+             ev.markdown_table({run_dir.name: results}), ""]
+    lines += ev.itm_plateau_lines(rows) + ["", "Search probe (precision@5, test split; `rebalance_ref.probe`):", "",
+                                           ev.probe_table({run_dir.name: results}), ""]
+    lines += ["## Teacher check (validation, NDCG@10)", ""]
     if check:
         lines += ["| relevance / task | teacher | stage-1 student | teacher stronger |", "|---|---:|---:|---|"]
         lines += [f"| {k} | {r['teacher']:.2f} | {r['student']:.2f} | {'yes' if r['teacher_stronger'] else 'NO'} |"
