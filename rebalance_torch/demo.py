@@ -40,7 +40,7 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, seed: int = 0, d
     """Run the whole demo into `out` and return its results (also written to `out/results.json`)."""
     from rebalance_torch import plots
     from rebalance_torch.checkpoint import checkpoint_path
-    from rebalance_torch.evaluate import markdown_table
+    from rebalance_torch.evaluate import markdown_table, probe_oracle, probe_table
     from rebalance_torch.train import prepare, train
 
     out = Path(out)
@@ -82,13 +82,15 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, seed: int = 0, d
 
     phases["total"] = time.perf_counter() - tic
     results = {"config": config.to_dict(), "rows": rows, "full_minus_baseline": diff, "teacher_check": check,
-               "search": search, "phases_s": phases}
+               "search": search, "phases_s": phases, "probe_oracle": probe_oracle(prepared.splits["test"])}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     table = markdown_table(rows)
     reading = summarise(diff)
     md = [f"# rebalance demo ({config.preset}, seed {config.seed}{', fast' if fast else ''})", "", table, "",
           "Full objective minus baseline (test split, points): "
           + ", ".join(f"{k} {v:+.2f}" for k, v in diff.items()), "", reading, "",
+          "Search probe (test split, precision@5 of templated text queries against the true attributes):", "",
+          probe_table(rows, results["probe_oracle"]), "",
           "Teacher check (validation NDCG@10, teacher vs stage-1 student): "
           + ", ".join(f"{k} {r['teacher']:.1f} vs {r['student']:.1f}" for k, r in check.items()), "",
           "Wall time per phase (s): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()), "",
@@ -133,10 +135,12 @@ def summarise(diff: dict[str, float]) -> str:
 
 
 def print_summary(results: dict, echo: Callable[[str], None] = print) -> None:
-    from rebalance_torch.evaluate import markdown_table
+    from rebalance_torch.evaluate import markdown_table, probe_table
 
     echo(markdown_table(results["rows"]))
     echo(summarise(results["full_minus_baseline"]))
+    echo("search probe (test split, precision@5):")
+    echo(probe_table(results["rows"], results.get("probe_oracle")))
     search = results.get("search", {})
     if "text" in search:
         echo(f'search (onnxruntime bundle {search["bundle"]}): "{search["query"]}"')

@@ -34,6 +34,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # Initialisations of Linear weights (`ModelConfig.init`).
 INITS = ("trunc_normal", "fan_in")
+# Normalisation inside the conv stem (`ModelConfig.stem_norm`).
+STEM_NORMS = ("none", "group")
 
 # Added to attention scores of padding keys: exp(-1e4) is exactly 0 in float32 and representable in float16.
 MASK_BIAS = -1.0e4
@@ -59,6 +61,7 @@ class ModelConfig:
     temp_init: float = 0.07       # τ at initialisation
     stem_width: int = 0           # > 0: the conv stem starts with a stride-1 3x3 conv of this width (sees small
                                   # shapes at full resolution); 0: stride-2 convs only
+    stem_norm: str = "none"       # "group": GroupNorm(1 group) after each stem conv but the last (conv - GN - GELU)
     init: str = "trunc_normal"    # Linear weights: "trunc_normal" (BERT/ViT, std 0.02) or "fan_in" (std 1/sqrt(fan_in))
     pixel_mean: tuple[float, float, float] = field(default=CLIP_MEAN)
     pixel_std: tuple[float, float, float] = field(default=CLIP_STD)
@@ -82,6 +85,8 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.init not in INITS:
             raise ValueError(f"ModelConfig.init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.stem_norm not in STEM_NORMS:
+            raise ValueError(f"ModelConfig.stem_norm must be one of {', '.join(STEM_NORMS)}, got {self.stem_norm!r}")
         for name in ("vision_depth", "text_depth", "stem_width"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ModelConfig.{name} must be >= 0, got {getattr(self, name)}")
@@ -136,13 +141,14 @@ class ModelConfig:
         return cls.from_dict({**MODEL_PRESETS[name], **overrides})
 
 
-# `tiny`: the CPU demo (32x32 scenes, 4x4 patch grid, ~0.31 M parameters). `small`: 64x64 images, 8x8 patch
-# grid, ~1.5 M parameters. Both use the full-resolution stem and fan-in init (docs/models.md: chosen on the
-# validation split); the dataclass defaults keep the earlier student, so older checkpoints still load.
+# `tiny`: the CPU demo (32x32 scenes, 4x4 patch grid, ~0.24 M parameters). `small`: 64x64 images, 8x8 patch
+# grid, ~1.4 M parameters. `tiny` uses fan-in init (chosen on the validation split, docs/models.md); the
+# full-resolution stem (`stem_width`, `stem_norm`) is an option that costs 1.6-2.3x per step. The dataclass
+# defaults keep the earlier student, so older checkpoints still load.
 MODEL_PRESETS: dict[str, dict] = {
-    "tiny": dict(patch_size=8, stem_width=32, init="fan_in"),
+    "tiny": dict(patch_size=8, init="fan_in"),
     "small": dict(image_size=64, patch_size=8, max_len=40, vision_width=128, vision_depth=3, text_width=128,
-                  text_depth=3, fusion_depth=2, heads=4, embed_dim=256, stem_width=32, init="fan_in"),
+                  text_depth=3, fusion_depth=2, heads=4, embed_dim=256),
 }
 
 
@@ -230,14 +236,20 @@ class ImageEncoder(nn.Module):
         channels = [3] + [max(cfg.vision_width // 2 ** (n_convs - 1 - i), 16) for i in range(n_convs)]
         channels[-1] = cfg.vision_width
         layers: list[nn.Module] = []
+
+        def act(width: int) -> list[nn.Module]:  # what follows every conv but the last
+            # GroupNorm, not BatchNorm: a row's embedding must not depend on the rest of its batch (exact equality
+            # of one process and several, export, evaluation in any batch size)
+            return ([nn.GroupNorm(1, width)] if cfg.stem_norm == "group" else []) + [nn.GELU()]
+
         if cfg.stem_width:  # a full-resolution 3x3 conv first (a 3-pixel shape is still a shape at stride 1),
             # then every strided conv at the full width W_v (no 16-channel bottleneck at half resolution)
-            layers += [nn.Conv2d(3, cfg.stem_width, kernel_size=3, stride=1, padding=1), nn.GELU()]
+            layers += [nn.Conv2d(3, cfg.stem_width, kernel_size=3, stride=1, padding=1), *act(cfg.stem_width)]
             channels = [cfg.stem_width] + [cfg.vision_width] * n_convs
         for i in range(n_convs):
             layers.append(nn.Conv2d(channels[i], channels[i + 1], kernel_size=3, stride=2, padding=1))
             if i < n_convs - 1:
-                layers.append(nn.GELU())
+                layers += act(channels[i + 1])
         self.stem = nn.Sequential(*layers)
         self.pos = nn.Parameter(torch.zeros(1, cfg.num_patches, cfg.vision_width))
         self.blocks = nn.ModuleList(Block(cfg.vision_width, cfg.heads, cfg.mlp_ratio, cfg.dropout)
