@@ -184,7 +184,7 @@ def test_stem_and_init_options_build_the_documented_student():
     assert any(isinstance(m, torch.nn.GroupNorm) for m in new.image_encoder.stem)
     assert not any(isinstance(m, torch.nn.GroupNorm) for m in old.image_encoder.stem)
     # fan-in init keeps a Linear's output at the scale of its input; std 0.02 shrinks it at width 64
-    w_new, w_old = new.fusion.blocks[0].cross_attn.v.weight, old.fusion.blocks[0].cross_attn.v.weight
+    w_new, w_old = new.fusion.blocks[0].cross_attn.v.weight.detach(), old.fusion.blocks[0].cross_attn.v.weight.detach()
     assert 0.8 < float(w_new.std()) * w_new.shape[1] ** 0.5 < 1.2
     assert float(w_old.std()) < 0.03
     # an image's embedding does not depend on the rest of its batch (no batch statistics anywhere)
