@@ -34,7 +34,7 @@ from rebalance.report import (
 from rebalance_ref.files import write_json_atomic, write_text_atomic
 from rebalance_torch.checkpoint import checkpoint_path, load_student
 from rebalance_torch.config import BASELINE_WEIGHTS, TrainConfig
-from rebalance_torch.evaluate import HEADLINE, markdown_table
+from rebalance_torch.evaluate import HEADLINE, markdown_table, probe_oracle, probe_table
 from rebalance_torch.prepare import prepare
 from rebalance_torch.runlog import read_metrics
 
@@ -103,11 +103,14 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, seed: int = 0, d
 
     phases["total"] = time.perf_counter() - tic
     results = {"config": config.to_dict(), "rows": rows, "cautions": notes, "full_minus_baseline": diff,
-               "teacher_check": check, "search": search, "phases_s": phases, "code": code}
+               "teacher_check": check, "search": search, "phases_s": phases, "code": code,
+               "probe_oracle": probe_oracle(prepared.splits["test"])}
     write_json_atomic(out / "results.json", results, indent=2)
     body = [markdown_table(rows), "", column_legend(), ""] + cautions_markdown(notes) + [
         "Full objective minus baseline (test split, points): "
         + ", ".join(f"{k} {v:+.2f}" for k, v in diff.items()), "", summarise(diff), "",
+        "Search probe (test split, precision@5 of templated text queries against the true attributes; 1 is "
+        "best):", "", probe_table(rows, results["probe_oracle"]), "",
         "Teacher check (validation NDCG@10, teacher vs stage-1 student): "
         + ", ".join(f"{k} {r['teacher']:.1f} vs {r['student']:.1f}" for k, r in check.items()), "",
         "Wall time per phase (s): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()), "",
@@ -191,6 +194,8 @@ def print_summary(results: dict, echo: Callable[[str], None] = print) -> None:
     for note in results.get("cautions", []):
         echo(f"caution: {note}")
     echo(summarise(results["full_minus_baseline"]))
+    echo("search probe (test split, precision@5; 1 is best):")
+    echo(probe_table(results["rows"], results.get("probe_oracle")))
     search = results.get("search", {})
     if "text" in search:
         echo(f'search (onnxruntime bundle {search["bundle"]}): "{search["query"]}"')

@@ -18,7 +18,7 @@ from rebalance_ref.files import write_text_atomic
 from rebalance_torch import checkpoint as ckpt
 from rebalance_torch.config import BASELINE_WEIGHTS, LOSS_NAMES, OFFICIAL_WEIGHTS, TrainConfig
 from rebalance_torch.diagnostics import relation_matrices
-from rebalance_torch.evaluate import HEADLINE, encode_split, markdown_table
+from rebalance_torch.evaluate import HEADLINE, encode_split, markdown_table, probe_table
 from rebalance_torch.models import Student, parameter_report
 from rebalance_torch.prepare import Prepared
 from rebalance_torch.runlog import read_metrics
@@ -203,6 +203,9 @@ def write_run_outputs(run_dir: Path, config: TrainConfig, prepared: Prepared | N
     check = json.loads(check_file.read_text()) if check_file.is_file() else {}
     lines = [f"# Run `{run_dir.name}`: {name}", "", "## Test split (best validation checkpoint)", "",
              markdown_table({name: results}), "", column_legend(), ""] + cautions_markdown(notes)
+    if any(k.startswith("probe_") for k in results):
+        lines += ["Search probe (test split, precision@5 of templated text queries against the true attributes; "
+                  "`rebalance_ref.probe`):", "", probe_table({name: results}), ""]
     lines += ["## Teacher check (validation, NDCG@10)", ""]
     if check:
         lines += ["Before stage 2, each teacher against the stage-1 student on single-modal retrieval: a teacher "

@@ -40,13 +40,16 @@ STUDENT_RELATIONS = ("fused", "projected")
 # Where ITM draws its hard negatives when training on several processes: this process's rows (official) or the
 # batch gathered from all processes (see docs/distributed.md).
 ITM_NEGATIVES = ("local", "global")
+# ITM sampler: a caption identical (same token ids) to one of the image's own is never drawn as its negative
+# ("positive", a deviation from the official code) or may be ("negative", official: only the same image is excluded)
+ITM_DUPLICATES = ("positive", "negative")
 DEVICES = ("cpu", "cuda")
 AUGMENTS = ("none", "mild")
 SELECT_ON = ("r_mean", "last")
 # The fields that take one of a few names, and those names (the CLI's choices come from here).
 CHOICES = {"preset": tuple(PRESETS), "distance": DISTANCES, "image_teacher": IMAGE_TEACHERS, "tau2": TAU2_MODES,
            "lam": LAMBDA_MODES, "student_relation": STUDENT_RELATIONS, "itm_negatives": ITM_NEGATIVES,
-           "device": DEVICES, "select_on": SELECT_ON, "augment": AUGMENTS}
+           "itm_duplicates": ITM_DUPLICATES, "device": DEVICES, "select_on": SELECT_ON, "augment": AUGMENTS}
 
 
 def _check_weights(name: str, weights: dict) -> dict[str, float]:
@@ -117,6 +120,7 @@ class TrainConfig:
     tau_clamp: list | None = field(default_factory=lambda: [0.01, 0.5])
     student_relation: str = "fused"
     itm_negatives: str = "local"
+    itm_duplicates: str = "positive"
     # --- ALBEF momentum distillation, an option of stage 2's ITC (docs/momentum.md): the EMA coefficient m
     # (None = plain ITC), the queue of momentum features (rows), α and its linear warm-up (a fraction of stage 2)
     itc_momentum: float | None = None

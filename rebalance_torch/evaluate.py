@@ -13,6 +13,10 @@ For a split of N images with their captions (C = 5N on val/test):
 - geometry: `modality_gap`, `alignment` (over matching pairs), `uniformity_image`, `uniformity_text`, and as
   m²-Mix measures them (docs/mixup.md) `alignment_relative` and `uniformity_joint` (both modalities together);
 - universal retrieval (docs/gcl.md), every query modality (i, t, it) against every key modality: `uni_*` keys.
+- on synthetic data, the search probe (`rebalance_ref.probe`): templated text queries ("a red circle", "a small
+  red circle", "a red circle in the top left", ...) ranking the split's images by cosine, precision@5 per
+  template against the true attributes, as fractions in [0, 1] — `probe_p5_colour_shape`, ...; `probe_oracle`
+  gives the ceiling the split allows.
 
 Relevance, as the official code / TERAN: M = rouge_relevance(captions, captions per image) (C × N),
 M[c, j] = ROUGE-L of caption c against the captions of image j; an image stands for its first caption.
@@ -146,6 +150,23 @@ class SplitEmbeddings:
     t_raw: np.ndarray | None = None   # (C, D)
 
 
+def _encode_texts(student, ids, mask, device: str, batch_size: int, keep_tokens: bool):
+    """The text tower over int64 tensors ids, mask (C, L) in batches (no grad; the caller sets eval mode):
+    (unit t (C, D), the projections before n(.) (C, D), both CPU tensors; text tokens (C, L, W_t) or None)."""
+    import torch
+
+    tokens_out, ts, ts_raw = [], [], []
+    with torch.no_grad():
+        for start in range(0, len(ids), batch_size):
+            i, m = ids[start:start + batch_size].to(device), mask[start:start + batch_size].to(device)
+            tokens, pooled = student.encode_text(i, m)
+            ts.append(student.project_text(pooled).float().cpu())
+            ts_raw.append(student.text_proj(pooled).float().cpu())
+            if keep_tokens:
+                tokens_out.append(tokens.cpu())
+    return torch.cat(ts), torch.cat(ts_raw), (torch.cat(tokens_out) if keep_tokens else None)
+
+
 def encode_split(student, split: CaptionedImages, tokenizer, device: str = "cpu", batch_size: int = 256,
                  keep_tokens: bool = True) -> SplitEmbeddings:
     """Run both towers over a split (eval mode, no grad), image-major caption order of `split.pairs()`."""
@@ -156,7 +177,7 @@ def encode_split(student, split: CaptionedImages, tokenizer, device: str = "cpu"
     ids_t, mask_t = torch.as_tensor(ids, dtype=torch.int64), torch.as_tensor(mask, dtype=torch.int64)
     was_training = student.training
     student.eval()
-    image_tokens, vs, text_tokens, ts, vs_raw, ts_raw = [], [], [], [], [], []
+    image_tokens, vs, vs_raw = [], [], []
     with torch.no_grad():
         for images in image_batches(split, batch_size):
             tokens, pooled = student.encode_image(images.to(device))
@@ -164,18 +185,12 @@ def encode_split(student, split: CaptionedImages, tokenizer, device: str = "cpu"
             vs_raw.append(student.vision_proj(pooled).float().cpu())
             if keep_tokens:
                 image_tokens.append(tokens.cpu())
-        for start in range(0, len(flat), batch_size):
-            i, m = ids_t[start:start + batch_size].to(device), mask_t[start:start + batch_size].to(device)
-            tokens, pooled = student.encode_text(i, m)
-            ts.append(student.project_text(pooled).float().cpu())
-            ts_raw.append(student.text_proj(pooled).float().cpu())
-            if keep_tokens:
-                text_tokens.append(tokens.cpu())
+    t, t_raw, text_tokens = _encode_texts(student, ids_t, mask_t, device, batch_size, keep_tokens)
     student.train(was_training)
     return SplitEmbeddings(image_tokens=torch.cat(image_tokens) if keep_tokens else None,
-                           text_tokens=torch.cat(text_tokens) if keep_tokens else None, mask=mask_t,
-                           v=torch.cat(vs).numpy(), t=torch.cat(ts).numpy(), txt2img=txt2img,
-                           v_raw=torch.cat(vs_raw).numpy(), t_raw=torch.cat(ts_raw).numpy())
+                           text_tokens=text_tokens, mask=mask_t,
+                           v=torch.cat(vs).numpy(), t=t.numpy(), txt2img=txt2img,
+                           v_raw=torch.cat(vs_raw).numpy(), t_raw=t_raw.numpy())
 
 
 def itm_rerank(student, emb: SplitEmbeddings, k: int, device: str = "cpu", batch_size: int = 1024):
@@ -282,6 +297,51 @@ def universal_retrieval(emb: SplitEmbeddings, rel: Relevance) -> dict[str, float
     return out
 
 
+PROBE_K = 5  # the search probe's precision@k
+
+
+def _probe_keys(precision: dict[str, float], k: int) -> dict[str, float]:
+    """`rebalance_ref.probe.probe_precision`'s keys as metric names: `probe_p5_colour_shape`,
+    `probe_p5_colour_shape:shape`, ... (query counts dropped)."""
+    return {f"probe_p{k}_{name}": value for name, value in precision.items() if not name.endswith(":queries")}
+
+
+def probe_student(student, split: CaptionedImages, tokenizer, v: np.ndarray | None = None, device: str = "cpu",
+                  k: int = PROBE_K) -> dict[str, float]:
+    """The search probe (`rebalance_ref.probe`) on a split with true attributes: every templated query ("a red
+    circle", ...) through the student's text tower, the split's images ranked by cosine to it (`v` (N, D), the
+    images' embeddings when already computed), precision@k per template as fractions in [0, 1] (not percent)."""
+    import torch
+
+    from rebalance_ref import probe
+
+    if split.attributes is None:
+        return {}
+    queries = probe.probe_queries()
+    ids, mask = tokenizer.encode([q.text for q in queries], max_len=student.config.max_len)
+    was_training = student.training
+    student.eval()
+    t, _, _ = _encode_texts(student, torch.as_tensor(ids, dtype=torch.int64), torch.as_tensor(mask, dtype=torch.int64),
+                         device, 256, keep_tokens=False)
+    if v is None:
+        v = encode_split(student, split, tokenizer, device=device, keep_tokens=False).v
+    student.train(was_training)
+    scores = t.numpy() @ _unit(v).T  # (Q, N) cosines: both sides unit rows
+    return _probe_keys(probe.probe_precision(scores, queries, split.attributes, k=k), k)
+
+
+def probe_oracle(split: CaptionedImages, k: int = PROBE_K) -> dict[str, float]:
+    """The probe's ceiling on this split: precision@k when the images are ranked by their true attributes (same
+    keys as `probe_student`; empty without attributes)."""
+    from rebalance_ref import probe
+
+    if split.attributes is None:
+        return {}
+    queries = probe.probe_queries()
+    return _probe_keys(probe.probe_precision(probe.oracle_scores(queries, split.attributes), queries,
+                                             split.attributes, k=k), k)
+
+
 def evaluate_student(student, split: CaptionedImages, tokenizer, relevance: Relevance | None = None,
                      k_test: int = 16, device: str = "cpu", itm: bool = True) -> dict[str, float]:
     """Every metric of docs/design.md §3 for one student on one split, as a flat dict of floats (percent for
@@ -298,6 +358,7 @@ def evaluate_student(student, split: CaptionedImages, tokenizer, relevance: Rele
     out.update(mixed_ndcg(emb.v, emb.t, relevance))
     out.update(geometry(emb))
     out.update(universal_retrieval(emb, relevance))
+    out.update(probe_student(student, split, tokenizer, v=emb.v, device=device))
     return out
 
 
@@ -327,3 +388,22 @@ def markdown_table(rows: dict[str, dict[str, float]], columns=HEADLINE, digits: 
         cells = [f"{r[k]:.{digits}f}" if k in r else "" for k, _ in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+PROBE_COLUMNS = (("probe_p5_colour", "colour"), ("probe_p5_shape", "shape"), ("probe_p5_colour_shape", "colour+shape"),
+                 ("probe_p5_colour_shape:colour", "c+s: colour ok"), ("probe_p5_colour_shape:shape", "c+s: shape ok"),
+                 ("probe_p5_size_colour_shape", "size+colour+shape"),
+                 ("probe_p5_colour_shape_position", "colour+shape+position"))
+
+
+def probe_table(rows: dict[str, dict[str, float]], oracle: dict[str, float] | None = None) -> str:
+    """The search probe's precision@5 as a markdown table, one row per named result, then the oracle's row."""
+    rows = dict(rows)
+    if oracle:
+        rows["oracle (true attributes)"] = oracle
+    return markdown_table(rows, columns=PROBE_COLUMNS)
+
+
+# --- training diagnostics ---------------------------------------------------------------------------------------
+
+# The ITM loss of a head that has learned only the label prior (1 positive in 3 pairs): the entropy H(1/3) in nats.

@@ -20,6 +20,7 @@ Python control flow on tensor values, dynamic batch and text length.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -38,6 +39,10 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # is 1024 wide and 24 deep; a CPU-first student is far below both.
 MAX_WIDTH = 4096
 MAX_DEPTH = 48
+# Initialisations of Linear weights (`ModelConfig.init`).
+INITS = ("trunc_normal", "fan_in")
+# Normalisation inside the conv stem (`ModelConfig.stem_norm`).
+STEM_NORMS = ("none", "group")
 
 # Added to attention scores of padding keys: exp(-1e4) is exactly 0 in float32 and representable in float16.
 MASK_BIAS = -1.0e4
@@ -61,6 +66,10 @@ class ModelConfig:
     embed_dim: int = 128          # D, the retrieval space (256 in the paper)
     dropout: float = 0.0
     temp_init: float = 0.07       # τ at initialisation
+    stem_width: int = 0           # > 0: the conv stem starts with a stride-1 3x3 conv of this width (sees small
+                                  # shapes at full resolution); 0: stride-2 convs only
+    stem_norm: str = "none"       # "group": GroupNorm(1 group) after each stem conv but the last (conv - GN - GELU)
+    init: str = "trunc_normal"    # Linear weights: "trunc_normal" (BERT/ViT, std 0.02) or "fan_in" (std 1/sqrt(fan_in))
     pixel_mean: tuple[float, float, float] = field(default=CLIP_MEAN)
     pixel_std: tuple[float, float, float] = field(default=CLIP_STD)
     moe: dict = field(default_factory=dict)  # LIMoE experts in the towers (rebalance_torch.experts); {} = off
@@ -75,7 +84,7 @@ class ModelConfig:
     def validate(self) -> None:
         """Raise ValueError naming the first field whose value cannot build a model."""
         for name in ("image_size", "patch_size", "vocab_size", "max_len", "vision_width", "vision_depth",
-                     "text_width", "text_depth", "fusion_depth", "heads", "mlp_ratio", "embed_dim"):
+                     "text_width", "text_depth", "fusion_depth", "heads", "mlp_ratio", "embed_dim", "stem_width"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"ModelConfig.{name} must be an int, got {value!r}")
@@ -83,7 +92,11 @@ class ModelConfig:
                      "fusion_depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("vision_depth", "text_depth"):
+        if self.init not in INITS:
+            raise ValueError(f"ModelConfig.init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.stem_norm not in STEM_NORMS:
+            raise ValueError(f"ModelConfig.stem_norm must be one of {', '.join(STEM_NORMS)}, got {self.stem_norm!r}")
+        for name in ("vision_depth", "text_depth", "stem_width"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ModelConfig.{name} must be >= 0, got {getattr(self, name)}")
         # ceilings checked before anything is allocated (a config read from a file may ask for terabytes)
@@ -145,10 +158,12 @@ class ModelConfig:
         return cls.from_dict({**MODEL_PRESETS[name], **overrides})
 
 
-# `tiny`: the CPU demo (32x32 scenes, 4x4 patch grid, ~0.27 M parameters). `small`: 64x64 images, 8x8 patch
-# grid, ~1.5 M parameters.
+# `tiny`: the CPU demo (32x32 scenes, 4x4 patch grid, ~0.24 M parameters). `small`: 64x64 images, 8x8 patch
+# grid, ~1.4 M parameters. `tiny` uses fan-in init (chosen on the validation split, docs/models.md); the
+# full-resolution stem (`stem_width`, `stem_norm`) is an option that costs 1.6-2.3x per step. The dataclass
+# defaults keep the earlier student, so older checkpoints still load.
 MODEL_PRESETS: dict[str, dict] = {
-    "tiny": dict(patch_size=8),
+    "tiny": dict(patch_size=8, init="fan_in"),
     "small": dict(image_size=64, patch_size=8, max_len=40, vision_width=128, vision_depth=3, text_width=128,
                   text_depth=3, fusion_depth=2, heads=4, embed_dim=256),
 }
@@ -238,10 +253,20 @@ class ImageEncoder(nn.Module):
         channels = [3] + [max(cfg.vision_width // 2 ** (n_convs - 1 - i), 16) for i in range(n_convs)]
         channels[-1] = cfg.vision_width
         layers: list[nn.Module] = []
+
+        def act(width: int) -> list[nn.Module]:  # what follows every conv but the last
+            # GroupNorm, not BatchNorm: a row's embedding must not depend on the rest of its batch (exact equality
+            # of one process and several, export, evaluation in any batch size)
+            return ([nn.GroupNorm(1, width)] if cfg.stem_norm == "group" else []) + [nn.GELU()]
+
+        if cfg.stem_width:  # a full-resolution 3x3 conv first (a 3-pixel shape is still a shape at stride 1),
+            # then every strided conv at the full width W_v (no 16-channel bottleneck at half resolution)
+            layers += [nn.Conv2d(3, cfg.stem_width, kernel_size=3, stride=1, padding=1), *act(cfg.stem_width)]
+            channels = [cfg.stem_width] + [cfg.vision_width] * n_convs
         for i in range(n_convs):
             layers.append(nn.Conv2d(channels[i], channels[i + 1], kernel_size=3, stride=2, padding=1))
             if i < n_convs - 1:
-                layers.append(nn.GELU())
+                layers += act(channels[i + 1])
         self.stem = nn.Sequential(*layers)
         self.pos = nn.Parameter(torch.zeros(1, cfg.num_patches, cfg.vision_width))
         self.blocks = nn.ModuleList(Block(cfg.vision_width, cfg.heads, cfg.mlp_ratio, cfg.dropout)
@@ -302,9 +327,16 @@ def itm_head(width: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(width, 2 * width), nn.LayerNorm(2 * width), nn.GELU(), nn.Linear(2 * width, 2))
 
 
-def _init_weights(module: nn.Module) -> None:
+def _init_weights(module: nn.Module, init: str = "trunc_normal") -> None:
     # BERT/ViT-style: truncated normal(0.02) for linear and embedding weights, zero biases, unit LayerNorms.
-    if isinstance(module, (nn.Linear, nn.Embedding)):
+    # "fan_in": Linear weights normal with std 1/sqrt(fan_in) instead (LeCun), so each layer keeps the scale of
+    # its input at any width (0.02 is 1/sqrt(2500): 3.6x too small at width 64 and the fused [CLS] then barely
+    # depends on the image); embeddings keep 0.02 (a LayerNorm follows them).
+    if isinstance(module, nn.Linear) and init == "fan_in":
+        nn.init.normal_(module.weight, std=module.in_features ** -0.5)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.trunc_normal_(module.weight, std=0.02, a=-0.04, b=0.04)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
@@ -346,7 +378,7 @@ class Student(nn.Module):
             self.text_proj = nn.Linear(config.text_width, config.embed_dim)
             self.fusion = FusionEncoder(config)
             self.itm_head = itm_head(config.text_width)
-            self.apply(_init_weights)
+            self.apply(functools.partial(_init_weights, init=config.init))
             nn.init.trunc_normal_(self.image_encoder.pos, std=0.02, a=-0.04, b=0.04)
             nn.init.trunc_normal_(self.text_encoder.pos, std=0.02, a=-0.04, b=0.04)
             install_experts(self)  # the MoE option swaps the MLP of chosen tower blocks (last: keeps the rest)

@@ -86,15 +86,27 @@ def build_objective(student: Student, config: TrainConfig, image_dim: int, text_
     return objective
 
 
+def itm_positive_pairs(idx: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, B) bool: rows i, j that the ITM sampler must not pair as a negative — the same image, and (`ids` (B, L)
+    given) the same caption token ids: a caption written for image j that is word for word a caption of image i
+    describes image i too (37 % of text-poor caption rows share their text with another image's caption). A
+    deviation from the official code, which samples such pairs as negatives (`TrainConfig.itm_duplicates`)."""
+    same = idx[:, None] == idx[None, :]
+    if ids is not None:
+        same = same | (ids[:, None, :] == ids[None, :, :]).all(dim=-1)
+    return same
+
+
 def sample_itm_negatives(v: torch.Tensor, t: torch.Tensor, idx: torch.Tensor, tau: torch.Tensor,
-                         generator: torch.Generator | None = None):
+                         generator: torch.Generator | None = None, same: torch.Tensor | None = None):
     """Hard negatives (no grad): for each text j an image drawn from softmax_k(t_j·v_k/τ) + 1e-5, for each image i
-    a text drawn from softmax_k(v_i·t_k/τ) + 1e-5, entries of the same image set to 0. Returns
-    (negative image row per text (B,), negative text row per image (B,)). A row with no other image (a batch of
-    one image) falls back to uniform over the batch. Draws from `generator`, or torch's global RNG when None."""
+    a text drawn from softmax_k(v_i·t_k/τ) + 1e-5, entries of the same image set to 0 (or, given, the entries of the
+    (B, B) bool `same`, e.g. `itm_positive_pairs`). Returns (negative image row per text (B,), negative text row
+    per image (B,)). A row with no other image (a batch of one image) falls back to uniform over the batch. Draws
+    from `generator`, or torch's global RNG when None."""
     with torch.no_grad():
         sim = v @ t.T / tau                                  # (B, B) image i vs text j
-        same = idx[:, None] == idx[None, :]                   # (B, B)
+        same = idx[:, None] == idx[None, :] if same is None else same  # (B, B)
         draws = []
         for w in (F.softmax(sim.T.float(), dim=1), F.softmax(sim.float(), dim=1)):   # text→image, image→text
             w = (w + 1e-5).masked_fill(same, 0.0)
@@ -136,7 +148,7 @@ def compute_losses(student: Student, objective: Objective | None, config: TrainC
     need_z = stage == 2 and config.student_relation == "fused" and any(w[k] for k in STRUCTURE_TERMS)
     z = None
     if w["itm"] or need_z:
-        z = _matching(student, config, terms, w["itm"] > 0, images.shape[0], v, t, idx, v_all, t_all, idx_all,
+        z = _matching(student, config, terms, w["itm"] > 0, images.shape[0], v, t, idx, ids, v_all, t_all, idx_all,
                       image_tokens, text_tokens, mask, tau, ctx, itm_generator)
     other, extra = _other_methods(student, config, w, h_v, h_t, v_all, t_all, idx_all, tau, gather)
     terms.update(other)
@@ -157,19 +169,21 @@ def compute_losses(student: Student, objective: Objective | None, config: TrainC
     return total, logged
 
 
-def _matching(student, config, terms, with_itm, b, v, t, idx, v_all, t_all, idx_all, image_tokens, text_tokens,
-              mask, tau, ctx, itm_generator) -> torch.Tensor:
+def _matching(student, config, terms, with_itm, b, v, t, idx, ids, v_all, t_all, idx_all, image_tokens,
+              text_tokens, mask, tau, ctx, itm_generator) -> torch.Tensor:
     """Fuse the positive pairs (and, for ITM, the 2B negatives), add "itm" to `terms`, return the positives' z."""
     if with_itm and config.itm_negatives == "global":
         # negatives drawn over the global batch (the same draws on every process); each keeps its rows' draws
         # and takes the negatives' tokens from the gathered batch (token lengths padded to the longest)
+        same = itm_positive_pairs(idx_all, ctx.gather(ids, 1) if config.itm_duplicates == "positive" else None)
         neg_image, neg_text = (ctx.shard(n) for n in sample_itm_negatives(v_all, t_all, idx_all, tau,
-                                                                                itm_generator))
+                                                                                itm_generator, same))
         image_pool = ctx.gather(image_tokens)
         text_pool, mask_pool = ctx.gather(text_tokens, 1), ctx.gather(mask, 1)
         text_tokens, mask = ctx.shard(text_pool), ctx.shard(mask_pool)
     elif with_itm:
-        neg_image, neg_text = sample_itm_negatives(v, t, idx, tau, itm_generator)
+        same = itm_positive_pairs(idx, ids if config.itm_duplicates == "positive" else None)
+        neg_image, neg_text = sample_itm_negatives(v, t, idx, tau, itm_generator, same)
         image_pool, text_pool, mask_pool = image_tokens, text_tokens, mask
     if with_itm:
         text_all = torch.cat([text_tokens, text_tokens, text_pool[neg_text]])

@@ -125,3 +125,14 @@ def test_universal_retrieval_grid(world):
     assert np.isfinite(full["alignment_relative"]) and np.isfinite(full["uniformity_joint"])
     emb.v_raw = None
     assert ev.universal_retrieval(emb, rel) == {}
+
+
+def test_probe_scores_the_students_text_queries_against_the_images(world):
+    split, tokenizer, student, _ = world
+    out = ev.probe_student(student, split, tokenizer)
+    assert "probe_p5_colour_shape" in out and "probe_p5_colour_shape:shape" in out
+    assert all(0.0 <= value <= 1.0 for value in out.values())
+    oracle = ev.probe_oracle(split)
+    assert oracle.keys() == out.keys()
+    assert oracle["probe_p5_colour_shape"] >= out["probe_p5_colour_shape"]
+    assert "oracle (true attributes)" in ev.probe_table({"student": out}, oracle)

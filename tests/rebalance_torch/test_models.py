@@ -136,7 +136,7 @@ def test_config_json_round_trip_presets_and_overrides():
 @pytest.mark.parametrize(("field", "value"), [
     ("vision_width", 63), ("heads", 0), ("image_size", 30), ("patch_size", 6), ("vocab_size", 2), ("max_len", 1),
     ("dropout", 1.0), ("temp_init", 0.0), ("pixel_std", (1.0, 0.0, 1.0)), ("pixel_mean", (0.5, 0.5)),
-    ("embed_dim", 2.5), ("text_depth", -1),
+    ("embed_dim", 2.5), ("text_depth", -1), ("stem_width", -1), ("stem_norm", "batch"), ("init", "xavier"),
 ])
 def test_bad_config_values_raise_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
@@ -173,3 +173,21 @@ def test_parameter_counts_add_up_and_tiny_stays_small(cfg, student):
     assert sum(v for k, v in report.items() if k != "total") == report["total"]
     assert report["total"] < 1_000_000
     assert count_parameters(Student(ModelConfig.preset("small"))) > report["total"]
+
+
+def test_stem_and_init_options_build_the_documented_student():
+    old = Student(ModelConfig.preset("tiny", stem_width=0, stem_norm="none", init="trunc_normal"), seed=0)
+    new = Student(ModelConfig.preset("tiny", stem_width=16, stem_norm="group"), seed=0)
+    convs = [m for m in new.image_encoder.stem if isinstance(m, torch.nn.Conv2d)]
+    assert convs[0].stride == (1, 1) and convs[0].out_channels == new.config.stem_width
+    assert [c.stride for c in convs[1:]] == [(2, 2)] * 3
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in new.image_encoder.stem)
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in old.image_encoder.stem)
+    # fan-in init keeps a Linear's output at the scale of its input; std 0.02 shrinks it at width 64
+    w_new, w_old = new.fusion.blocks[0].cross_attn.v.weight.detach(), old.fusion.blocks[0].cross_attn.v.weight.detach()
+    assert 0.8 < float(w_new.std()) * w_new.shape[1] ** 0.5 < 1.2
+    assert float(w_old.std()) < 0.03
+    # an image's embedding does not depend on the rest of its batch (no batch statistics anywhere)
+    new.train()
+    images = torch.rand(4, 3, 32, 32)
+    assert torch.allclose(new.embed_image(images)[:1], new.embed_image(images[:1]), atol=1e-5)

@@ -6,7 +6,13 @@ import torch
 
 from rebalance_torch import checkpoint as ckpt
 from rebalance_torch.config import TrainConfig
-from rebalance_torch.objective import as_numbers, build_objective, compute_losses, sample_itm_negatives
+from rebalance_torch.objective import (
+    as_numbers,
+    build_objective,
+    compute_losses,
+    itm_positive_pairs,
+    sample_itm_negatives,
+)
 from rebalance_torch.prepare import build_student, prepare
 from rebalance_torch.runlog import read_metrics
 from rebalance_torch.schedule import batch_rows, lr_at
@@ -145,6 +151,19 @@ def test_itm_negatives_never_come_from_the_same_image():
     for _ in range(50):
         neg_image, neg_text = sample_itm_negatives(v, t, idx, torch.tensor(0.07))
         assert (idx[neg_image] != idx).all() and (idx[neg_text] != idx).all()
+
+
+def test_itm_negatives_skip_captions_identical_to_one_of_the_images_own():
+    torch.manual_seed(0)
+    idx = torch.tensor([0, 1, 2, 3])
+    ids = torch.tensor([[1, 5, 6, 0], [1, 5, 6, 0], [1, 7, 0, 0], [1, 8, 9, 0]])  # rows 0 and 1: the same words
+    same = itm_positive_pairs(idx, ids)
+    assert same[0, 1] and same[1, 0] and not same[0, 2] and same.diagonal().all()
+    assert torch.equal(itm_positive_pairs(idx), torch.eye(4, dtype=torch.bool))
+    v = torch.nn.functional.normalize(torch.randn(4, 6), dim=1)
+    for _ in range(50):
+        neg_image, neg_text = sample_itm_negatives(v, v, idx, torch.tensor(0.07), same=same)
+        assert not same[torch.arange(4), neg_image].any() and not same[torch.arange(4), neg_text].any()
 
 
 def test_schedule_and_batch_order():
