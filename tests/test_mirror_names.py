@@ -7,7 +7,7 @@ import inspect
 
 import pytest
 
-MIRRORED = ("relations", "distances", "losses")
+MIRRORED = ("relations", "distances", "losses", "sae")
 NUMPY_ONLY_KEYWORDS = {"grad_out"}
 
 
