@@ -29,6 +29,7 @@ FIGURES = {
                                   "run/plots/traces.png"],
     "06_evaluation_protocol": ["recall_at_k.png", "ndcg_one_query.png"],
     "07_export_and_search": ["search_results.png", "bundle/manifest.json"],
+    "10_look_inside": ["sae_full.png", "sae_compare.png", "interactions_full.png", "word_patch_matrix.png"],
 }
 
 # Generous: fast mode targets 20 s on one thread of a busy 2-core machine; this only catches a hang.
