@@ -422,7 +422,7 @@ def interaction_probe(run_dir: str | Path, settings: InteractionSettings = Inter
         ids, mask = tokenizer.encode([caption], max_len=mc.max_len)
         ids_t, mask_t = torch.as_tensor(ids[0]), torch.as_tensor(mask[0])
         game = PairGame(student, images[i], ids_t, mask_t, fill, reward=settings.reward)
-        words = tokenizer.decode(ids[0][: game.n_words + 1]).split()
+        words = [tokenizer.vocab[int(j)] for j in ids[0][1:game.n_words + 1]]  # one per word player
         pairs = [(w, game.n_words + p) for w in range(game.n_words) for p in range(game.n_patches)]
         est = interaction_samples(game, game.n_players, pairs, settings.samples, seed=settings.seed + i, batch=2048)
         evaluations += est.evaluations
