@@ -7,7 +7,7 @@ import inspect
 
 import pytest
 
-MIRRORED = ("relations", "distances", "losses", "momentum", "experts", "gcl", "mixup")
+MIRRORED = ("relations", "distances", "losses", "momentum", "experts", "gcl", "mixup", "sae")
 NUMPY_ONLY_KEYWORDS = {"grad_out"}
 
 

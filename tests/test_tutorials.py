@@ -31,6 +31,7 @@ FIGURES = {
     "07_export_and_search": ["search_results.png", "bundle/manifest.json"],
     "08_other_answers": ["slerp_path.png", "universal_grid.png", "geometry.png", "cone.png", "shift.png"],
     "09_momentum_and_experts": ["momentum_vs_baseline.png", "expert_use.png"],
+    "10_look_inside": ["sae_full.png", "sae_compare.png", "interactions_full.png", "word_patch_matrix.png"],
 }
 
 # Generous: fast mode targets 20 s on one thread of a busy 2-core machine; this only catches a hang.
