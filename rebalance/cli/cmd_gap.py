@@ -11,10 +11,12 @@ import click
 from rebalance.cli.options import json_option, set_threads, threads_option
 
 
-@click.command("gap")
-@click.option("--run", "run_dir", type=click.Path(file_okay=False, exists=True), required=True)
+@click.command("gap", short_help="Mind the Gap: a run's modality gap.")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, exists=True), required=True,
+              help="Run folder (rebalance train / demo).")
 @click.option("--which", default="best", show_default=True, help="Checkpoint: best, last, stage1-best, ...")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val"]))
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val"]),
+              help="Split whose embeddings are measured.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Default: RUN/gap.")
 @click.option("--cone", is_flag=True, help="Also the cone effect: random MLPs by depth and the run's student at "
               "initialisation (seeds 0, 1, 2).")
