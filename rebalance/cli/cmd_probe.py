@@ -26,7 +26,7 @@ def _labels(runs) -> list[str]:
     return out
 
 
-@click.group("probe")
+@click.group("probe", short_help="Look inside a student (SAE, interactions).")
 def probe() -> None:
     """Probes of what a trained student encodes (concept neurons, word-patch interactions)."""
 
