@@ -31,7 +31,7 @@ def probe() -> None:
     """Probes of what a trained student encodes (concept neurons, word-patch interactions)."""
 
 
-@probe.command("sae")
+@probe.command("sae", short_help="Sparse concepts of a run's embeddings.")
 @run_option
 @out_option
 @which_option
@@ -71,7 +71,7 @@ def sae(runs, out, which, steps, width_factor, k, seed, threads, as_json) -> Non
     click.echo(f"figures and sae.json in {out}")
 
 
-@probe.command("interactions")
+@probe.command("interactions", short_help="Word-patch Shapley interactions.")
 @run_option
 @out_option
 @which_option
