@@ -183,8 +183,9 @@ def run_ablation(preset: str, seeds: int = 3, jobs: int = 2, out: str | Path | N
         f"{sum(t is not None for t in stage1_tasks.values())} seed(s)")
     done = _pipeline(stage1_tasks, condition_tasks, jobs, log)
     results: dict[str, dict[int, dict]] = {name: {} for name in conditions}
-    for (name, s), result in sorted(done.items(), key=lambda item: (item[0][1], list(conditions).index(item[0][0]))):
-        results[name][s] = result["test"]
+    for (condition, s), result in sorted(done.items(),
+                                         key=lambda item: (item[0][1], list(conditions).index(item[0][0]))):
+        results[condition][s] = result["test"]
     table = paired_table(results, keys)
     elapsed = time.perf_counter() - tic
     labels = [(k, label) for k, label in keys if k in table["baseline"]]

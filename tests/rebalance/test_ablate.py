@@ -45,6 +45,8 @@ def test_every_condition_of_a_seed_starts_from_the_same_stage1(tmp_path):
             config = json.loads((tmp_path / f"seed{seed}" / name / "config.json").read_text())
             assert config["seed"] == seed and config["preset"] == "balanced"
     assert (tmp_path / "ablation.md").is_file() and (tmp_path / "plots" / "ablation.png").is_file()
+    assert (tmp_path / "ablation.md").read_text().startswith("# Ablate: balanced, 2 seeds")  # the job, not a condition
+    assert lines[-1].startswith("ablate balanced: ")
     saved = json.loads((tmp_path / "ablation.json").read_text())
     assert saved["table"]["diff"]["full"]["cos_r_mean"][0] == pytest.approx(
         record["table"]["diff"]["full"]["cos_r_mean"][0])
