@@ -42,6 +42,11 @@ TABLE_KEYS = (("cos_r_mean", "R-mean cos"), ("itm_r_mean", "R-mean ITM"), ("attr
               ("rouge_t2it@10", "T2IT rouge"))
 
 
+# Columns that are not points of a percentage: a precision in [0, 1] and the geometry diagnostics.
+NOT_POINTS = ("probe_p5_colour_shape", "modality_gap", "alignment", "uniformity_joint", "uniformity_image",
+              "uniformity_text", "alignment_relative")
+
+
 def _folder(name: str) -> str:
     """A condition's sub-folder: "full, KD on [v,t]" -> "full_kd_on_v_t"."""
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
@@ -189,8 +194,13 @@ def run_ablation(preset: str, seeds: int = 3, jobs: int = 2, out: str | Path | N
     table = paired_table(results, keys)
     elapsed = time.perf_counter() - tic
     labels = [(k, label) for k, label in keys if k in table["baseline"]]
-    plots.plot_ablation(table["diff"], labels, out / "plots" / "ablation.png",
-                        title=f"{preset}: condition − baseline, mean ± std over {seeds} seeds")
+    title = f"{preset}: condition − baseline, mean ± std over {seeds} seeds"
+    plots.plot_ablation(table["diff"], [kl for kl in labels if kl[0] not in NOT_POINTS],
+                        out / "plots" / "ablation.png", title=title)
+    if any(k in NOT_POINTS for k, _ in labels):  # fractions and geometry on an axis of their own
+        plots.plot_ablation(table["diff"], [kl for kl in labels if kl[0] in NOT_POINTS],
+                            out / "plots" / "geometry.png", title=title,
+                            ylabel="difference vs baseline (fraction or distance)")
     record = {"preset": preset, "seeds": seeds, "jobs": jobs, "config": base.to_dict(),
               "conditions": {k: v for k, v in conditions.items()}, "results": results, "table": table,
               "seconds": {"total": elapsed}, "code": code_version()}
@@ -198,7 +208,9 @@ def run_ablation(preset: str, seeds: int = 3, jobs: int = 2, out: str | Path | N
     md = table_markdown(table, keys)
     write_text_atomic(out / "ablation.md", f"# {name.capitalize()}: {preset}, {seeds} seeds\n\n{md}\n\n"
                                          f"Wall time {elapsed:.0f} s with {jobs} process(es).\n\n"
-                                         f"![ablation](plots/ablation.png)\n")
+                                         f"![ablation](plots/ablation.png)\n"
+                                         + ("![geometry](plots/geometry.png)\n"
+                                            if (out / "plots" / "geometry.png").is_file() else ""))
     log(md)
     log(f"{name} {preset}: {elapsed:.0f} s")
     return record

@@ -250,7 +250,7 @@ def plot_comparison(rows: dict[str, dict[str, float]], quality: list[tuple[str, 
 
 
 def plot_ablation(table: dict[str, dict[str, tuple[float, float]]], metrics: list[tuple[str, str]],
-                  path: str | Path, title: str = "") -> Path:
+                  path: str | Path, title: str = "", ylabel: str = "difference vs baseline (points)") -> Path:
     """Grouped bars: per metric, each condition's mean paired difference vs the baseline with ±std error bars.
     `table[condition][metric] = (mean, std)`; `metrics` = [(key, label)]."""
     plt = _pyplot()
@@ -265,7 +265,7 @@ def plot_ablation(table: dict[str, dict[str, tuple[float, float]]], metrics: lis
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(xs)
     ax.set_xticklabels([label for _, label in metrics], rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("difference vs baseline (points)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     return _save(fig, path)
