@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rebalance.plots import _pyplot, _save
+from rebalance.plots import pyplot, save_figure
 from rebalance_ref import gap
 from rebalance_ref.metrics import modality_gap
 
@@ -127,7 +127,7 @@ def tau_sweep(config, taus, out_dir, segment: int = 50, log=print) -> dict:
 def plot_shift(curve: dict, path, title: str = "shift experiment") -> Path:
     """Loss vs the signed gap after shifting, one line per temperature, each as its change relative to its value at
     the original gap in percent (so the curves share an axis); the original gap and each minimum marked."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     at_original = int(np.argmin(np.abs(curve["lam"])))
     for i, tau in enumerate(curve["tau"]):
@@ -141,12 +141,12 @@ def plot_shift(curve: dict, path, title: str = "shift experiment") -> Path:
     ax.set_ylabel("loss change vs the original gap (%)")
     ax.set_title(title + " (dots: minima)")
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_cone(depth_curves: dict[str, np.ndarray], student: dict | None, path) -> Path:
     """Mean cosine vs depth of random MLPs (one line per activation), and the student's at init as points."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2 if student else 1, figsize=(10 if student else 5, 3.8), squeeze=False)
     ax = axes[0, 0]
     for name, curve in depth_curves.items():
@@ -167,12 +167,12 @@ def plot_cone(depth_curves: dict[str, np.ndarray], student: dict | None, path) -
         ax.set_title("the student at init (test split)")
         ax.set_ylim(0, 1.3)
         ax.legend(ncol=2, loc="upper center")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_tau_sweep(sweep: dict, path) -> Path:
     """The gap over training at each pinned τ, and each end point's shift curve at its own τ."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for tau, gaps, final in zip(sweep["tau"], sweep["gap"], sweep["final"], strict=True):
         axes[0].plot(sweep["steps"], gaps, marker=".", label=f"τ = {tau:g}")
@@ -191,4 +191,4 @@ def plot_tau_sweep(sweep: dict, path) -> Path:
     axes[1].set_ylabel("loss change vs the learned gap (%)")
     axes[1].set_title("end point: shift curve at the run's own τ (dots: minima)")
     axes[1].legend()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -20,7 +20,8 @@ DIAGNOSTICS = (("modality_gap", "modality gap\n(centroid distance)"), ("alignmen
                ("uniformity_text", "uniformity, captions\n(lower: more spread)"))
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -29,14 +30,15 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path, dpi: int = 100, bbox_inches: str | None = None) -> Path:
+    """Write `fig` to `path` atomically (format from the suffix, PNG by default) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if fig.get_layout_engine() is None:
+    if fig.get_layout_engine() is None and bbox_inches is None:
         fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png")
-    _pyplot().close(fig)
+        fig.savefig(tmp, dpi=dpi, bbox_inches=bbox_inches, format=path.suffix.lstrip(".") or "png")
+    pyplot().close(fig)
     return path
 
 
@@ -59,7 +61,7 @@ def plot_traces(rows: list[dict], path: str | Path, stage1_steps: int | None = N
     def x_of(rs):
         return np.array([r["step"] + (boundary if r["stage"] == 2 else 0) for r in rs])
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(15, 7.2), sharex=True, layout="constrained")
     ax_terms, ax_loss, ax_val, ax_tau, ax_tau2, ax_lam = axes.ravel()
     for k in [k for k in LOSS_NAMES if any(k in r for r in logged)]:
@@ -104,7 +106,7 @@ def plot_traces(rows: list[dict], path: str | Path, stage1_steps: int | None = N
             ax.set_xlim(left=0)
             ax.text(boundary / 2, 0.5, "stage 1\n(in the\ninit run)", transform=ax.get_xaxis_transform(),
                     ha="center", va="center", fontsize=8, color="grey")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --- relation matrices ----------------------------------------------------------------------------------------
@@ -133,7 +135,7 @@ def plot_relations(phases: dict[str, object], path: str | Path) -> Path:
     `rebalance_torch.diagnostics.Relations` on ONE colour scale shared by all of them, and |S_F − E| with the KD
     value in its title on a second scale shared by the rows. Items are sorted by a scene attribute (tick labels);
     diagonals are blank (only off-diagonal entries enter the distillation)."""
-    plt = _pyplot()
+    plt = pyplot()
     phases = {name: r for name, r in phases.items() if r is not None}
     if not phases:
         raise ValueError("plot_relations: no relation matrices to draw")
@@ -168,7 +170,7 @@ def plot_relations(phases: dict[str, object], path: str | Path) -> Path:
     n = len(next(iter(phases.values())).s_f)
     fig.suptitle(f"Relation matrices of {n} training items (one caption each); structure distillation (KD) pulls "
                  f"the student's S_F toward the teachers' blend E\n{tau2}", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --- the modality gap -----------------------------------------------------------------------------------------
@@ -197,7 +199,7 @@ def plot_modality_gap(panels: dict[str, tuple[np.ndarray, np.ndarray]], path: st
     basis = np.stack([first, second], axis=1)             # (D, 2)
     total = np.sum((everything - centre) ** 2)
     share = np.sum(((everything - centre) @ basis) ** 2, axis=0) / total
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(units), figsize=(5.2 * len(units), 5), squeeze=False, sharex=True, sharey=True)
     for ax, (name, (v, t)) in zip(axes[0], units.items(), strict=True):
         pv, pt = (v - centre) @ basis, (t - centre) @ basis
@@ -212,7 +214,7 @@ def plot_modality_gap(panels: dict[str, tuple[np.ndarray, np.ndarray]], path: st
         ax.legend(fontsize=8, loc="best", markerscale=3, title="arrow: mean t → mean v", title_fontsize=8)
     axes[0, 0].set_ylabel(f"first principal axis of the rest ({100 * share[1]:.0f} % of variance)")
     fig.suptitle("Modality gap: test-split embeddings (unit length) in one shared 2-D projection", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --- comparison of runs and ablations -------------------------------------------------------------------------
@@ -233,7 +235,7 @@ def plot_comparison(rows: dict[str, dict[str, float]], quality: list[tuple[str, 
     """Runs side by side on the test split, quality metrics (R-mean, NDCG: higher is better) on one axis and the
     geometry diagnostics (modality gap, alignment, uniformity: no "better" direction shared with quality) on a
     separate one. `rows[run][key]`; `quality` = [(key, label)]."""
-    plt = _pyplot()
+    plt = pyplot()
     diag = [(k, label) for k, label in DIAGNOSTICS if any(k in r for r in rows.values())]
     fig, (ax_q, ax_d) = plt.subplots(1, 2, figsize=(16, 4.8), gridspec_kw={"width_ratios": [2.6, 1]})
     _grouped_bars(ax_q, rows, quality)
@@ -246,14 +248,14 @@ def plot_comparison(rows: dict[str, dict[str, float]], quality: list[tuple[str, 
     ax_d.set_ylabel("value (read each by its label)")
     ax_d.set_title("geometry diagnostics (not scores)", fontsize=10)
     fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_ablation(table: dict[str, dict[str, tuple[float, float]]], metrics: list[tuple[str, str]],
                   path: str | Path, title: str = "", ylabel: str = "difference vs baseline (points)") -> Path:
     """Grouped bars: per metric, each condition's mean paired difference vs the baseline with ±std error bars.
     `table[condition][metric] = (mean, std)`; `metrics` = [(key, label)]."""
-    plt = _pyplot()
+    plt = pyplot()
     conditions = list(table)
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(metrics) * max(1, len(conditions)) / 2), 4))
     width = 0.8 / max(1, len(conditions))
@@ -268,4 +270,4 @@ def plot_ablation(table: dict[str, dict[str, tuple[float, float]]], metrics: lis
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)

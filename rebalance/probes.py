@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rebalance_ref.files import atomic_path, write_json_atomic
+from rebalance.plots import pyplot, save_figure
+from rebalance_ref.files import write_json_atomic
 
 # --- loading a run ------------------------------------------------------------------------------------------------
 
@@ -39,24 +40,6 @@ def load_run(run_dir: str | Path, which: str = "best"):
         raise ValueError(f"run {run_dir}: the probes need the true scene attributes of the shapes world; this run's "
                          "test split has none (a data folder without attributes)")
     return student, config, tokenizer, test
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    _pyplot().close(fig)
-    return path
 
 
 # --- the concept attributes -----------------------------------------------------------------------------------------
@@ -258,7 +241,7 @@ def sae_summary(probe: SaeProbe) -> dict:
 def plot_sae(probe: SaeProbe, path: str | Path, top: int = 16, title: str = "") -> Path:
     """Three panels: the top neurons (by image AUROC) with their best attribute, image vs text AUROC for it; per
     attribute value the best neuron's AUROC on each side; the image-only neurons' best attributes by group."""
-    plt = _pyplot()
+    plt = pyplot()
     img, txt = np.nan_to_num(probe.auroc_image, nan=0.5), np.nan_to_num(probe.auroc_text, nan=0.5)
     summary = sae_summary(probe)
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.2), gridspec_kw={"width_ratios": [1.1, 1.6, 0.7]})
@@ -299,12 +282,12 @@ def plot_sae(probe: SaeProbe, path: str | Path, top: int = 16, title: str = "") 
     fig.suptitle(title or f"VL-SAE concepts of {probe.run}: h={summary['neurons']}, k={summary['k']}, held-out half "
                  "of the test split", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def plot_sae_compare(probes: dict[str, SaeProbe], path: str | Path) -> Path:
     """Per attribute value, the best neuron's image and text AUROC of several runs side by side."""
-    plt = _pyplot()
+    plt = pyplot()
     names = next(iter(probes.values())).names
     fig, axes = plt.subplots(2, 1, figsize=(13, 6.5), sharex=True)
     x = np.arange(len(names))
@@ -322,7 +305,7 @@ def plot_sae_compare(probes: dict[str, SaeProbe], path: str | Path) -> Path:
     axes[1].set_xticks(x, names, rotation=70, fontsize=7)
     axes[0].set_title("Which concepts the space holds: per attribute value, the best SAE neuron's AUROC", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def sae_to_json(probe: SaeProbe) -> dict:
@@ -454,7 +437,7 @@ def interaction_probe(run_dir: str | Path, settings: InteractionSettings = Inter
 def plot_interactions(probe: dict, path: str | Path, max_pairs: int = 4, max_words: int = 8) -> Path:
     """Per pair a row: the image, then one heatmap over the image per word (interaction of the word with each
     patch, red = positive, blue = negative, one symmetric scale per row), the word and its largest interaction."""
-    plt = _pyplot()
+    plt = pyplot()
     pairs = probe["pairs"][:max_pairs]
     cols = 1 + min(max_words, max(len(p.words) for p in pairs))
     fig, axes = plt.subplots(len(pairs), cols, figsize=(1.9 * cols, 2.1 * len(pairs)), squeeze=False)
@@ -481,7 +464,7 @@ def plot_interactions(probe: dict, path: str | Path, max_pairs: int = 4, max_wor
                  f"grounding: {check['hit_rate']:.0%} of {check['words']} colour/shape words peak on their object "
                  f"vs {check['random_region_rate']:.0%} for a random cell", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def interactions_to_json(probe: dict) -> dict:
