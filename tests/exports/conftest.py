@@ -6,6 +6,17 @@ import shutil
 import pytest
 
 MAX_LEN = 16
+# The start of a script run in a subprocess where `import torch` fails: the torch-free side must not need it.
+BLOCK_TORCH = """import importlib.abc, json, sys
+
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+
+sys.meta_path.insert(0, NoTorch())
+sys.modules.pop("torch", None)
+"""
 
 
 @pytest.fixture(scope="session")

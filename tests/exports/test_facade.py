@@ -11,6 +11,7 @@ import pytest
 
 import rebalance
 from exports.serving.runtime import index_split
+from tests.exports.conftest import BLOCK_TORCH
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,16 +69,7 @@ def test_save_grid_writes_a_png_of_the_hits(model, world, tmp_path):
         assert sheet.format == "PNG" and sheet.width > 5 * 128
 
 
-FACADE_WITHOUT_TORCH = textwrap.dedent("""
-    import importlib.abc, json, sys
-
-    class NoTorch(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is blocked in this test")
-
-    sys.meta_path.insert(0, NoTorch())
-    sys.modules.pop("torch", None)
+FACADE_WITHOUT_TORCH = BLOCK_TORCH + textwrap.dedent("""
     import numpy as np
     import rebalance
 

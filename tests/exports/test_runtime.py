@@ -11,6 +11,7 @@ from exports.exporter.verify import RANK_TIE, TOLERANCES
 from exports.serving.gallery import Gallery
 from exports.serving.manifest import BundleError
 from exports.serving.runtime import Retriever, format_hits, index_split
+from tests.exports.conftest import BLOCK_TORCH
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -89,16 +90,7 @@ def test_gallery_saved_into_the_bundle_is_hashed_and_reloaded(bundle, world):
         Retriever.load(bundle)
 
 
-TORCH_FREE = textwrap.dedent("""
-    import importlib.abc, json, sys
-
-    class NoTorch(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is blocked in this test")
-
-    sys.meta_path.insert(0, NoTorch())
-    sys.modules.pop("torch", None)
+TORCH_FREE = BLOCK_TORCH + textwrap.dedent("""
     import numpy as np
     from exports.serving.runtime import Retriever
 
