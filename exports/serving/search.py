@@ -116,7 +116,7 @@ class ExactIndex:
                 return found
         b = block_rows(q, n, k, self.block_bytes)
         buffer = np.empty((q, b), np.float32)
-        top = _RunningTopK(q, k)
+        top = RunningTopK(q, k)
         # Blocks grow from max(4 k, 64, 65536 / Q) rows, doubling up to b: small first blocks set every query's
         # threshold cheaply, and each later block then holds about k candidates per query, most blocks none.
         lo, width = start, min(b, max(_FIRST_BLOCK_FACTOR * k, _FIRST_BLOCK_MIN, _FIRST_BLOCK_SCORES // q))
@@ -158,33 +158,42 @@ _NO_KEY = np.iinfo(np.int64).min
 def _pack(scores: np.ndarray, indices: np.ndarray) -> np.ndarray:
     """One int64 key per (score, index) that orders like (score descending, index ascending) when larger is better.
 
-    The high 32 bits map the float32 score to an int32 of the same order (negative floats get their magnitude
-    bits flipped); the low 32 bits hold 2^32 - 1 - index, so on equal scores the lower index has the larger key.
+    Float32 scores: the high 32 bits map the score to an int32 of the same order (negative floats get their
+    magnitude bits flipped). Unsigned integer scores of at most 16 bits (Hamming agreements): the high bits are the
+    score itself. The low 32 bits hold 2^32 - 1 - index, so on equal scores the lower index has the larger key.
     Exact for every finite score and every index < 2^32.
     """
-    bits = (scores + np.float32(0.0)).view(np.int32)  # + 0.0 turns -0.0 into +0.0, which compare equal
-    ordered = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).astype(np.int64)
+    if scores.dtype == np.float32:
+        bits = (scores + np.float32(0.0)).view(np.int32)  # + 0.0 turns -0.0 into +0.0, which compare equal
+        ordered = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).astype(np.int64)
+    else:
+        ordered = scores.astype(np.int64)
     return (ordered << 32) | (_LOW32 - indices)
 
 
-def _unpack(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of `_pack`: (scores float32, indices int64)."""
-    ordered = (keys >> 32).astype(np.int32)
-    scores = (ordered ^ ((ordered >> 31) & 0x7FFFFFFF)).view(np.float32)
+def _unpack(keys: np.ndarray, dtype: np.dtype | type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of `_pack` for scores of `dtype`: (scores, indices int64)."""
+    if dtype == np.float32:
+        ordered = (keys >> 32).astype(np.int32)
+        scores = (ordered ^ ((ordered >> 31) & 0x7FFFFFFF)).view(np.float32)
+    else:
+        scores = (keys >> 32).astype(dtype)
     return scores, _LOW32 - (keys & _LOW32)
 
 
-class _RunningTopK:
+class RunningTopK:
     """The best k (score, index) pairs of each of q queries seen so far, kept as packed int64 keys (`_pack`).
 
     Candidates (entries above their query's threshold) are collected over blocks and merged into the kept keys
     when more than max(q k, 4096) are pending, or at the end; thresholds are updated at each merge.
     """
 
-    def __init__(self, q: int, k: int):
-        self.k = k
+    def __init__(self, q: int, k: int, dtype: np.dtype | type = np.float32):
+        self.k, self.dtype = k, np.dtype(dtype)  # float32 scores, or uint8 / uint16 counts (`codes.HammingIndex`)
         self.keys = np.full((q, k), _NO_KEY, np.int64)  # (q, k) unordered
-        self.threshold = np.full(q, -np.inf, np.float32)  # (q,) the k-th best score so far
+        # (q,) the k-th best score so far, in the scores' own dtype (no conversion pass over a block); only read
+        # once `filled`.
+        self.threshold = np.zeros(q, self.dtype)
         self.filled = False
         self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.n_pending, self.flush_at = 0, max(q * k, _MIN_FLUSH)
@@ -220,7 +229,7 @@ class _RunningTopK:
             if crowded.size:
                 # Cut each crowded query to its top k of this block (with every entry tied to its k-th value):
                 # one partition of its row instead of packing and merging all its candidates.
-                kth = np.full(q, -np.inf, np.float32)
+                kth = np.full(q, -np.inf if self.dtype.kind == "f" else 0, self.dtype)  # lowest: keeps all
                 kth[crowded] = np.partition(scores[crowded], b - k, axis=1)[:, b - k]
                 keep = values >= kth[query]
                 query, row, values = query[keep], row[keep], values[keep]
@@ -250,13 +259,13 @@ class _RunningTopK:
         width = dense.shape[1]
         best = np.partition(dense, width - k, axis=1)[:, width - k:]  # (r, k) largest keys, unordered
         self.keys[rows] = best
-        self.threshold[rows] = _unpack(best.min(axis=1))[0]
+        self.threshold[rows] = _unpack(best.min(axis=1), self.dtype)[0]
         self.filled = True
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """(scores float32 (q, k), indices int64 (q, k)), each row by descending score, ties by ascending index."""
         self._merge()
-        return _unpack(np.sort(self.keys, axis=1)[:, ::-1])
+        return _unpack(np.sort(self.keys, axis=1)[:, ::-1], self.dtype)
 
 
 def faiss_available() -> bool:
