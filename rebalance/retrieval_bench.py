@@ -7,6 +7,9 @@
   buffer (BLAS `sdot` of its two halves: a pure streaming read); at a larger query batch
   against the bare similarity product into a preallocated (Q, N) output; FAISS `IndexFlatIP` (its BLAS threshold
   lowered to 20) when faiss is importable.
+- `bench_codes`: exact Hamming top-k (`exports.serving.codes.HammingIndex`) over random packed codes of each
+  length, at the query batch, against the exact float search of a gallery of the same size and against FAISS
+  `IndexBinaryFlat` when faiss is importable; memory per item of codes and of float32 embeddings.
 - peak memory: the process's peak resident set, and the extra memory one batched search allocates (tracemalloc).
 
 Timing goes through `rebalance_ref.timing`: samples of the compared calls alternate, so that a busy neighbour
@@ -23,12 +26,13 @@ import tracemalloc
 
 import numpy as np
 
+from exports.serving.codes import HammingIndex
 from exports.serving.search import ExactIndex, FaissFlatIndex, faiss_available
 from rebalance_ref.threads import set_threads
 from rebalance_ref.timing import median, paired_ratio, side_by_side
 
-_GOALS = {"encode_b1_ratio": 0.35, "search_b1_bandwidth_fraction": 0.85, "search_batch_matmul_ratio": 1.3,
-          "faiss_speedup": 1.0}
+_GOALS = {"encode_b1_ratio": 0.35, "search_b1_bandwidth_fraction": 0.85, "search_batch_matmul_ratio": 1.2,
+          "faiss_speedup": 1.1, "codes_float_speedup": 10.0, "codes_faiss_speedup": 1.0}
 
 
 def random_columns(n: int, dim: int, seed: int, chunk: int = 65536) -> np.ndarray:
@@ -87,6 +91,43 @@ def _search_row(n: int, dim: int, k: int, batch: int, repeats: int, threads: int
                     "faiss_b1_speedup": paired_ratio(tf["faiss_b1"], tf["ours_b1"]),
                     "faiss_batch_speedup": paired_ratio(tf["faiss_batch"], tf["ours_batch"])})
     return row
+
+
+def bench_codes(sizes: tuple[int, ...], bits: tuple[int, ...], dim: int, k: int, batch: int, repeats: int,
+                threads: int, seed: int = 0, clock: str = "wall") -> list[dict]:
+    """Per gallery size and code length: Hamming top-k vs the exact float search (dim D) and FAISS, batch `batch`."""
+    set_threads(threads)
+    return [row for n in sizes for row in _codes_rows(n, bits, dim, k, batch, repeats, threads, seed, clock)]
+
+
+def _codes_rows(n: int, bits: tuple[int, ...], dim: int, k: int, batch: int, repeats: int, threads: int, seed: int,
+                clock: str) -> list[dict]:
+    index = ExactIndex.from_columns(random_columns(n, dim, seed))
+    many = _unit_queries(batch, dim, seed + 2)
+    rng = np.random.default_rng(seed + 3)
+    rows = []
+    for b in bits:
+        codes = rng.integers(0, 256, (n, b // 8), dtype=np.uint8)
+        queries = rng.integers(0, 256, (batch, b // 8), dtype=np.uint8)
+        hamming = HammingIndex(codes)
+        calls = {"hamming": lambda h=hamming, q=queries: h.search(q, k), "float": lambda: index.search(many, k)}
+        if faiss_available():
+            import faiss
+
+            faiss.omp_set_num_threads(int(threads))
+            binary = faiss.IndexBinaryFlat(b)
+            binary.add(codes)
+            calls["faiss"] = lambda f=binary, q=queries: f.search(q, k)
+        t = side_by_side(calls, repeats, clock)
+        row = {"gallery": n, "bits": b, "batch": batch, "k": k, "dim": dim,
+               "code_bytes_per_item": hamming.bytes_per_item, "float_bytes_per_item": 4 * dim,
+               "hamming_ms": median(t["hamming"]) * 1e3, "float_ms": median(t["float"]) * 1e3,
+               "float_speedup": paired_ratio(t["float"], t["hamming"])}
+        if "faiss" in t:
+            row.update({"faiss_ms": median(t["faiss"]) * 1e3,
+                        "faiss_speedup": paired_ratio(t["faiss"], t["hamming"])})
+        rows.append(row)
+    return rows
 
 
 def bench_encode(preset: str, batches: tuple[int, ...], length: int, repeats: int, threads: int,

@@ -194,16 +194,23 @@ class RunningTopK:
         # (q,) the k-th best score so far, in the scores' own dtype (no conversion pass over a block); only read
         # once `filled`.
         self.threshold = np.zeros(q, self.dtype)
-        self.filled = False
+        self.filled, self.busy = False, True
+        self._masks = np.empty(0, bool)
         self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.n_pending, self.flush_at = 0, max(q * k, _MIN_FLUSH)
 
     def update(self, scores: np.ndarray, offset: int) -> None:
         """Take the candidates of a (q, b) block of scores whose column j is gallery row offset + j."""
         k, (q, b) = self.k, scores.shape
-        if self.filled:
+        if self.filled and self.busy:
+            # Most queries gained candidates in the last block: compare every entry at once (no row maxima pass).
+            mask = np.greater(scores, self.threshold[:, None], out=self._mask(q, b))
+            flat = np.flatnonzero(mask)  # positions in the block, query-major
+            self.busy = flat.size * _HOT_SHARE >= q  # about one candidate for most queries: stay busy
+        elif self.filled:
             # One cheap pass: only queries whose block maximum beats their threshold can gain candidates.
             hot = np.flatnonzero(scores.max(axis=1) > self.threshold)
+            self.busy = hot.size * 2 >= q
             if hot.size == 0:
                 return
             # Candidates beat their query's threshold; a later equal score loses the tie to the kept lower index.
@@ -211,7 +218,8 @@ class RunningTopK:
                 h, row = np.nonzero(scores[hot] > self.threshold[hot, None])
                 flat = hot[h] * b + row
             else:
-                flat = np.flatnonzero(scores > self.threshold[:, None])  # positions in the block, query-major
+                mask = np.greater(scores, self.threshold[:, None], out=self._mask(q, b))
+                flat = np.flatnonzero(mask)  # positions in the block, query-major
         else:
             # First block: each query's top k of it (every entry tied with its k-th value kept: ties stay exact).
             kth = np.partition(scores, b - k, axis=1)[:, b - k] if b > k else scores.min(axis=1)
@@ -237,6 +245,12 @@ class RunningTopK:
         self.n_pending += query.size
         if not self.filled or self.n_pending > self.flush_at:
             self._merge()
+
+    def _mask(self, q: int, b: int) -> np.ndarray:
+        """A reused (q, b) boolean buffer."""
+        if self._masks.size < q * b:
+            self._masks = np.empty(q * b, bool)
+        return self._masks[: q * b].reshape(q, b)
 
     def _merge(self) -> None:
         """Merge the pending candidates into each query's top k and update the thresholds."""

@@ -54,6 +54,19 @@ def _print(report: dict) -> None:
                            f"{r['faiss_batch_ms']:>16.1f}{r['faiss_batch_speedup']:>10.2f}")
         else:
             click.echo("\nFAISS: not installed here, no comparison (pip install faiss-cpu to add it)")
+    if report.get("codes"):
+        c0 = report["codes"][0]
+        click.echo(f"\nexact Hamming top-{c0['k']}, batch {c0['batch']}, random codes (goals at 1M x 64 bits: "
+                   f">= {goals['codes_float_speedup']:g}x the float search, >= {goals['codes_faiss_speedup']:g}x "
+                   f"FAISS IndexBinaryFlat); speed-up = their time / ours")
+        click.echo(f"{'gallery':>9}{'bits':>6}{'B/item':>8}{'hamming ms':>12}{'float ms':>10}{'vs float':>10}"
+                   f"{'faiss ms':>10}{'vs faiss':>10}")
+        for r in report["codes"]:
+            faiss_ms = (f"{r['faiss_ms']:>10.1f}{r['faiss_speedup']:>10.2f}" if "faiss_ms" in r
+                        else f"{'-':>10}{'-':>10}")
+            click.echo(f"{r['gallery']:>9}{r['bits']:>6}{r['code_bytes_per_item']:>8}{r['hamming_ms']:>12.1f}"
+                       f"{r['float_ms']:>10.1f}{r['float_speedup']:>10.1f}{faiss_ms}")
+        click.echo(f"(float32 embeddings: {c0['float_bytes_per_item']} bytes an item at D = {c0['dim']})")
     click.echo(f"\npeak resident memory of this process: {report['peak_rss_mib']:.0f} MiB")
 
 
@@ -70,19 +83,25 @@ def _print(report: dict) -> None:
 @click.option("--encode-batches", default="1,64", show_default=True, help="Batch sizes for encode latency.")
 @click.option("--length", type=click.IntRange(min=2), default=12, show_default=True, help="Text length in tokens.")
 @click.option("--skip-encode", is_flag=True, help="Skip the encoder latency (no torch needed).")
+@click.option("--bits", default="32,64,128", show_default=True,
+              help="Code lengths for the Hamming search, comma-separated multiples of 8 (empty: skip codes).")
 @click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
               help="wall: elapsed time; cpu: this process's CPU time (steadier on a shared machine).")
 def retrieval(threads: int, seed: int, as_json: bool, sizes: str, dim: int, k: int, batch: int, repeats: int,
-              preset: str, encode_batches: str, length: int, skip_encode: bool, clock: str) -> None:
+              preset: str, encode_batches: str, length: int, skip_encode: bool, bits: str, clock: str) -> None:
     """Encode latency (onnxruntime vs torch) and exact top-k search speed, ratios side by side."""
     set_threads(threads)
     from rebalance import retrieval_bench as benchmark
 
     gallery_sizes, batches = _ints(sizes, "--sizes"), _ints(encode_batches, "--encode-batches")
     encode = [] if skip_encode else benchmark.bench_encode(preset, batches, length, repeats, threads, seed, clock)
+    code_bits = _ints(bits, "--bits") if bits.strip() else ()
+    if any(b % 8 for b in code_bits):
+        raise click.BadParameter(f"code lengths must be multiples of 8, got {bits!r}", param_hint="--bits")
     search = benchmark.bench_search(gallery_sizes, dim, k, batch, repeats, threads, seed, clock)
+    codes = benchmark.bench_codes(gallery_sizes, code_bits, dim, k, batch, repeats, threads, seed, clock)
     report = {"threads": threads, "repeats": repeats, "clock": clock, "goals": benchmark.goals(), "encode": encode,
-              "search": search, "peak_rss_mib": benchmark.peak_rss_mib()}
+              "search": search, "codes": codes, "peak_rss_mib": benchmark.peak_rss_mib()}
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:

@@ -34,6 +34,14 @@ def test_bench_retrieval_command_reports_every_ratio():
     (row,) = report["search"]
     assert row["gallery"] == 3000 and row["b1_bandwidth_fraction"] > 0 and row["batch_matmul_ratio"] > 0
     assert report["peak_rss_mib"] > 0
+    assert [(r["bits"], r["code_bytes_per_item"], r["float_bytes_per_item"]) for r in report["codes"]] == [
+        (32, 4, 64), (64, 8, 64), (128, 16, 64)]
+    assert all(r["hamming_ms"] > 0 and r["float_speedup"] > 0 for r in report["codes"])
     text = CliRunner().invoke(COMMAND, ["--sizes", "500", "--dim", "8", "--batch", "4", "--repeats", "1",
                                         "--skip-encode"], catch_exceptions=False)
-    assert text.exit_code == 0 and "exact top-10 search" in text.output
+    assert text.exit_code == 0 and "exact top-10 search" in text.output and "exact Hamming top-10" in text.output
+    bad = CliRunner().invoke(COMMAND, ["--sizes", "500", "--skip-encode", "--bits", "12"])
+    assert bad.exit_code != 0 and "multiples of 8" in bad.output
+    none = CliRunner().invoke(COMMAND, ["--sizes", "500", "--dim", "8", "--batch", "4", "--repeats", "1",
+                                        "--skip-encode", "--bits", "", "--json"], catch_exceptions=False)
+    assert json.loads(none.output)["codes"] == []
