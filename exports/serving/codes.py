@@ -21,8 +21,10 @@ import numpy as np
 
 from exports.serving.search import RunningTopK
 
-# Gallery rows per block and queries per chunk: a (64, 8192) block of 64-bit words is 4 MiB (see HammingIndex).
-DEFAULT_BLOCK_ROWS, DEFAULT_QUERY_CHUNK = 8192, 64
+# Gallery rows per block and queries per chunk: a (128, 4096) block of 64-bit XORs is 4 MiB and its agreements
+# 512 KiB; blocks double from max(4 k, 256) rows. Chosen by `rebalance bench retrieval` (docs/export.md).
+DEFAULT_BLOCK_ROWS, DEFAULT_QUERY_CHUNK = 4096, 128
+_FIRST_BLOCK_FACTOR, _FIRST_BLOCK_MIN = 4, 256
 
 
 def pack_codes(values: np.ndarray) -> np.ndarray:
@@ -80,8 +82,8 @@ class HammingIndex:
     """Exact Hamming top-k over a gallery of N packed codes of `bits` bits.
 
     Memory: the gallery's own bytes (bits / 8 an item), plus one (q, b) block of words while searching.
-    Queries are searched in chunks of `query_chunk` against gallery blocks of `block_rows` rows: NumPy's inner
-    loops then run over thousands of elements (short loops cost more than the work) and a block stays in cache.
+    Queries go in chunks of `query_chunk`; each chunk is compared with blocks of up to `block_rows` gallery rows
+    in two NumPy calls per 64-bit word (a broadcast XOR, then `bitwise_count`).
     """
 
     def __init__(self, codes: np.ndarray, *, block_rows: int = DEFAULT_BLOCK_ROWS,
@@ -128,24 +130,28 @@ class HammingIndex:
         """(agreements (q, k), indices (q, k)) of the query words (W, q) over the whole gallery."""
         n, (n_words, q) = self.size, words.shape
         b = min(max(self.block_rows, k), n)
-        xor = np.empty((q, b), self.inverted.dtype)
+        xor, count = np.empty((q, b), self.inverted.dtype), np.empty((q, b), np.uint8)
         agree = np.empty((q, b), self._dtype)
-        count = np.empty((q, b), np.uint8) if n_words > 1 else None
-        top = RunningTopK(q, k, self._dtype)
-        for lo in range(0, n, b):
-            hi = min(lo + b, n)
-            x, a = xor[:, : hi - lo], agree[:, : hi - lo]
+        top = RunningTopK(q, k, self._dtype, flush_at=q)  # integer ties: stale thresholds let many through
+        # Blocks double from max(4 k, 256) rows up to b: a short first block sets every query's threshold cheaply
+        # (a partition of each row), and each later block then holds about k candidates per query, so none is
+        # crowded (agreements are small integers: a loose threshold would let thousands through).
+        lo, width = 0, min(b, max(_FIRST_BLOCK_FACTOR * k, _FIRST_BLOCK_MIN))
+        while lo < n:
+            hi = min(lo + width, n)
+            a = agree[:, : hi - lo]
             for w in range(n_words):
-                # Agreeing bits of word w: popcount(query XOR NOT gallery), (q, 1) ^ (1, b) -> (q, b).
-                np.bitwise_xor(words[w, :, None], self.inverted[w, None, lo:hi], out=x)
-                if w == 0:
-                    np.bitwise_count(x, out=a, casting="unsafe")
-                else:
-                    c = count[:, : hi - lo]
-                    np.bitwise_count(x, out=c)
-                    np.add(a, c, out=a, casting="unsafe")
+                self._agreements(words[w], w, lo, hi, xor[:, : hi - lo], a if w == 0 else count[:, : hi - lo])
+                if w:
+                    np.add(a, count[:, : hi - lo], out=a, casting="unsafe")
             top.update(a, lo)
+            lo, width = hi, min(2 * width, b)
         return top.result()
+
+    def _agreements(self, words: np.ndarray, w: int, lo: int, hi: int, xor: np.ndarray, out: np.ndarray) -> None:
+        """Agreeing bits of word w of the queries (q,) with gallery rows lo:hi: popcount(query XOR NOT gallery)."""
+        np.bitwise_xor(words[:, None], self.inverted[w, None, lo:hi], out=xor)  # (q, 1) ^ (1, b) -> (q, b)
+        np.bitwise_count(xor, out=out, casting="unsafe")
 
 
 def rerank_exact(queries: np.ndarray, embeddings: np.ndarray, shortlist: np.ndarray,

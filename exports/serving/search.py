@@ -188,7 +188,7 @@ class RunningTopK:
     when more than max(q k, 4096) are pending, or at the end; thresholds are updated at each merge.
     """
 
-    def __init__(self, q: int, k: int, dtype: np.dtype | type = np.float32):
+    def __init__(self, q: int, k: int, dtype: np.dtype | type = np.float32, flush_at: int | None = None):
         self.k, self.dtype = k, np.dtype(dtype)  # float32 scores, or uint8 / uint16 counts (`codes.HammingIndex`)
         self.keys = np.full((q, k), _NO_KEY, np.int64)  # (q, k) unordered
         # (q,) the k-th best score so far, in the scores' own dtype (no conversion pass over a block); only read
@@ -197,7 +197,8 @@ class RunningTopK:
         self.filled, self.busy = False, True
         self._masks = np.empty(0, bool)
         self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self.n_pending, self.flush_at = 0, max(q * k, _MIN_FLUSH)
+        # Merge once more candidates than this are pending (0: after every block, which keeps the thresholds tight).
+        self.n_pending, self.flush_at = 0, max(q * k, _MIN_FLUSH) if flush_at is None else int(flush_at)
 
     def update(self, scores: np.ndarray, offset: int) -> None:
         """Take the candidates of a (q, b) block of scores whose column j is gallery row offset + j."""
