@@ -175,11 +175,15 @@ def train_codes(run_dir: str | Path, bits=DEFAULT_BITS, kinds=HEAD_KINDS, which:
 
 
 def evaluate_codes(run_dir: str | Path, split: str = "test", shortlists=DEFAULT_SHORTLISTS, which: str = "best",
-                   bits=None) -> dict:
+                   bits=None, untrained: bool = False) -> dict:
     """Float vs codes on one split of a run (module doc): {"float": {...}, "codes": {bits: {"hamming": {...},
     "shortlist": {M: {...}}, "kind", "bytes_per_item"}}, "float_bytes_per_item"}; every entry holds R@K (percent)
-    and the search probe's precision@5 (fractions) when the split has true attributes."""
-    from rebalance_torch.hash_heads import heads_path, load_code_heads, trained_bits
+    and the search probe's precision@5 (fractions) when the split has true attributes.
+
+    `untrained` adds, per width, the same rows for an untrained head (`CodeHeads` as initialised: Gaussian random
+    hyperplanes through the origin, every channel half open, i.e. random-hyperplane LSH, SimHash) under
+    "untrained": the baseline that tells what training the head adds."""
+    from rebalance_torch.hash_heads import CodeHeads, heads_path, load_code_heads, trained_bits
 
     available = trained_bits(run_dir)
     if not available:
@@ -197,21 +201,31 @@ def evaluate_codes(run_dir: str | Path, split: str = "test", shortlists=DEFAULT_
            "float_bytes_per_item": int(4 * e.v.shape[1]), "float": float_recall(e.v, e.t, e.txt2img), "codes": {}}
     if probe is not None:
         out["float"]["probe_p5"] = _probe_p5(probe, probe["t"] @ e.v.T)
+    if untrained:
+        out["untrained"] = {}
     for width in bits:
-        heads, info = load_code_heads(heads_path(run_dir, width))
-        codes_v, codes_t = encode_codes(heads, e.v, e.t)
-        row = {"kind": "shared" if heads.shared else "separate", "bytes_per_item": heads.bits // 8,
-               "hamming": code_recall(e.v, e.t, e.txt2img, codes_v, codes_t), "shortlist": {}}
-        q_codes = pack_codes(heads.relaxed(probe["t"], "text")) if probe is not None else None
-        if probe is not None:
-            row["hamming"]["probe_p5"] = _probe_p5(probe, probe_scores_codes(probe["t"], e.v, q_codes, codes_v, None))
-        for m in shortlists:
-            row["shortlist"][str(m)] = code_recall(e.v, e.t, e.txt2img, codes_v, codes_t, shortlist=int(m))
-            if probe is not None:
-                row["shortlist"][str(m)]["probe_p5"] = _probe_p5(
-                    probe, probe_scores_codes(probe["t"], e.v, q_codes, codes_v, int(m)))
-        out["codes"][str(width)] = row
+        heads, _ = load_code_heads(heads_path(run_dir, width))
+        out["codes"][str(width)] = _measure(heads, e, probe, shortlists)
+        if untrained:
+            out["untrained"][str(width)] = _measure(CodeHeads(heads.dim, heads.bits, shared=True).eval(), e, probe,
+                                                    shortlists)
     return out
+
+
+def _measure(heads, e, probe: dict | None, shortlists) -> dict:
+    """One width's row of `evaluate_codes`: Hamming-only and each shortlist, R@K (and probe P@5)."""
+    codes_v, codes_t = encode_codes(heads, e.v, e.t)
+    row = {"kind": "shared" if heads.shared else "separate", "bytes_per_item": heads.bits // 8,
+           "hamming": code_recall(e.v, e.t, e.txt2img, codes_v, codes_t), "shortlist": {}}
+    q_codes = pack_codes(heads.relaxed(probe["t"], "text")) if probe is not None else None
+    if probe is not None:
+        row["hamming"]["probe_p5"] = _probe_p5(probe, probe_scores_codes(probe["t"], e.v, q_codes, codes_v, None))
+    for m in shortlists:
+        row["shortlist"][str(m)] = code_recall(e.v, e.t, e.txt2img, codes_v, codes_t, shortlist=int(m))
+        if probe is not None:
+            row["shortlist"][str(m)]["probe_p5"] = _probe_p5(
+                probe, probe_scores_codes(probe["t"], e.v, q_codes, codes_v, int(m)))
+    return row
 
 
 def _probe_setup(student, tokenizer, split) -> dict | None:
@@ -256,8 +270,13 @@ def results_table(result: dict) -> str:
 
     line("float (exact cosine)", result["float_bytes_per_item"], result["float"])
     for width, row in result["codes"].items():
+        base = result.get("untrained", {}).get(width)
+        if base is not None:
+            line(f"{width} bits, Hamming only (untrained: random hyperplanes)", base["bytes_per_item"], base["hamming"])
         line(f"{width} bits, Hamming only ({row['kind']} heads)", row["bytes_per_item"], row["hamming"])
         for m, r in row["shortlist"].items():
+            if base is not None:
+                line(f"{width} bits, top {m} → re-rank (untrained)", base["bytes_per_item"], base["shortlist"][m])
             line(f"{width} bits, Hamming top {m} → exact re-rank", row["bytes_per_item"], r)
     return "\n".join(lines)
 

@@ -75,10 +75,12 @@ def train(run_dir, bits, kinds, epochs, which, seed, threads, as_json) -> None:
 @click.option("--shortlist", "shortlists", default="50,100,200", show_default=True,
               help="Hamming shortlist sizes re-ranked exactly by the float embeddings, comma-separated.")
 @click.option("--bits", default=None, help="Code widths to measure [default: every trained width].")
+@click.option("--untrained", is_flag=True,
+              help="Also measure untrained heads (random-hyperplane LSH) of each width: what training adds.")
 @which_option
 @threads_option
 @json_option
-def evaluate(run_dir, split, shortlists, bits, which, threads, as_json) -> None:
+def evaluate(run_dir, split, shortlists, bits, untrained, which, threads, as_json) -> None:
     """Cross-modal R@1/5/10 (and the search probe's P@5) of float embeddings vs codes, Hamming-only and
     hash-then-rerank, on one split (test by default; heads were selected on validation)."""
     set_threads(threads)
@@ -86,7 +88,8 @@ def evaluate(run_dir, split, shortlists, bits, which, threads, as_json) -> None:
     from rebalance_ref.files import write_json_atomic
 
     result = codes_lib.evaluate_codes(run_dir, split=split, shortlists=_ints(shortlists, "--shortlist"),
-                                      which=which, bits=None if bits is None else _ints(bits, "--bits"))
+                                      which=which, bits=None if bits is None else _ints(bits, "--bits"),
+                                      untrained=untrained)
     write_json_atomic(Path(run_dir) / "codes" / f"eval-{split}.json", result, indent=1)
     if as_json:
         click.echo(json.dumps(result, indent=1))
