@@ -98,7 +98,9 @@ class CodeHeads(nn.Module):
 class HashSettings:
     """How a pair of heads is trained: `epochs` passes over the pairs in minibatches of `batch`, Adam at `lr`,
     alpha = sqrt(epoch + 1) (DJSRH), the contrast at temperature `tau`, the target's beta, eta, mu
-    (`code_target`), the loss weights (missing terms: `rebalance_ref.hashing.HASH_WEIGHTS`), seeded."""
+    (`code_target`), the loss weights (missing terms: `rebalance_ref.hashing.HASH_WEIGHTS`), seeded. `gate=False`
+    leaves the mask at its start (W_g = 0, b_g = 0: m = 1/2 for every input and channel, i.e. no masking; for the
+    ablation that asks what the mask adds)."""
 
     bits: int = 64
     shared: bool = False
@@ -110,6 +112,7 @@ class HashSettings:
     eta: float = 0.4
     mu: float = 1.0
     weights: dict = field(default_factory=dict)
+    gate: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -147,7 +150,8 @@ def fit_code_heads(v: np.ndarray, t: np.ndarray, ids: np.ndarray, settings: Hash
                          f"{tuple(t.shape)}, {tuple(ids_t.shape)}")
     heads = CodeHeads(v.shape[1], settings.bits, settings.shared, settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
-    opt = torch.optim.Adam(heads.parameters(), lr=settings.lr)
+    trained = [p for name, p in heads.named_parameters() if settings.gate or "gate" not in name]
+    opt = torch.optim.Adam(trained, lr=settings.lr)
     history = {"loss": [], "score": [], "best_epoch": settings.epochs - 1, "alpha": []}
     best, best_state = -math.inf, None
     n = len(v)

@@ -201,3 +201,15 @@ def test_search_by_codes_on_a_bundle_without_them_says_so(run_and_data, tmp_path
     result = CliRunner().invoke(cli, ["search", "--bundle", str(tmp_path / "plain"), "--text", "a red circle",
                                       "--shortlist", "3"])
     assert result.exit_code != 0 and "add --codes" in result.output
+
+
+def test_a_frozen_gate_stays_half_open():
+    from rebalance_torch.hash_heads import HashSettings, fit_code_heads
+
+    rng = np.random.default_rng(4)
+    v = _unit(rng.standard_normal((32, 8)))
+    t = _unit(v + 0.3 * rng.standard_normal((32, 8)))
+    frozen, _ = fit_code_heads(v, t, np.arange(32), HashSettings(bits=8, epochs=2, batch=16, gate=False))
+    trained, _ = fit_code_heads(v, t, np.arange(32), HashSettings(bits=8, epochs=2, batch=16))
+    assert float(frozen.image.w_gate.abs().max()) == 0.0 and float(frozen.text.b_gate.abs().max()) == 0.0
+    assert float(trained.image.w_gate.abs().max()) > 0.0
