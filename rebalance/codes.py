@@ -170,7 +170,13 @@ def train_codes(run_dir: str | Path, bits=DEFAULT_BITS, kinds=HEAD_KINDS, which:
         save_code_heads(heads, heads_path(run_dir, width), info)
         summary["bits"][str(width)] = {"chosen": kind, "candidates": candidates}
     summary["seconds"] = time.perf_counter() - tic
-    write_json_atomic(Path(run_dir) / CODES_DIR / TRAIN_SUMMARY, summary, indent=1)
+    path = Path(run_dir) / CODES_DIR / TRAIN_SUMMARY
+    if path.is_file():  # keep the record of widths trained by an earlier call (their heads are still there)
+        earlier = read_json(path)
+        if isinstance(earlier, dict) and isinstance(earlier.get("bits"), dict):
+            summary["bits"] = {**{k: v for k, v in earlier["bits"].items() if k not in summary["bits"]},
+                               **summary["bits"]}
+    write_json_atomic(path, summary, indent=1)
     return summary
 
 
@@ -194,6 +200,12 @@ def evaluate_codes(run_dir: str | Path, split: str = "test", shortlists=DEFAULT_
     if missing:
         raise ValueError(f"run {run_dir} has no heads of {', '.join(map(str, missing))} bits (trained: "
                          f"{', '.join(map(str, available))})")
+    loaded = {}
+    for width in bits:
+        loaded[width], info = load_code_heads(heads_path(run_dir, width))
+        if info.get("which", which) != which:
+            raise ValueError(f"the run's {width}-bit heads were trained on checkpoint {info['which']!r}, not "
+                             f"{which!r}: measure with --which {info['which']} or train them again")
     emb, (student, tokenizer), data = encode_run(run_dir, (split,), which)
     e = emb[split]
     probe = _probe_setup(student, tokenizer, data[split])
@@ -203,8 +215,7 @@ def evaluate_codes(run_dir: str | Path, split: str = "test", shortlists=DEFAULT_
         out["float"]["probe_p5"] = _probe_p5(probe, probe["t"] @ e.v.T)
     if untrained:
         out["untrained"] = {}
-    for width in bits:
-        heads, _ = load_code_heads(heads_path(run_dir, width))
+    for width, heads in loaded.items():
         out["codes"][str(width)] = _measure(heads, e, probe, shortlists)
         if untrained:
             out["untrained"][str(width)] = _measure(CodeHeads(heads.dim, heads.bits, shared=True).eval(), e, probe,

@@ -139,6 +139,22 @@ def test_codes_eval_measures_float_hamming_and_shortlists(trained):
     assert "| float (exact cosine) | 512 |" in text and "16 bits, Hamming top 5 → exact re-rank" in text
 
 
+def test_codes_eval_refuses_heads_of_another_checkpoint(trained):
+    root, _ = trained
+    result = CliRunner().invoke(cli, ["codes", "eval", "--run", str(root / "run"), "--which", "last"])
+    assert result.exit_code != 0 and "trained on checkpoint 'best'" in result.output
+
+
+def test_a_second_training_keeps_the_record_of_earlier_widths(trained, tmp_path):
+    import shutil
+
+    root, _ = trained
+    run = shutil.copytree(root / "run", tmp_path / "run")
+    result = _run("codes", "train", "--run", run, "--bits", "8", "--epochs", 1, "--heads", "shared", "--json")
+    assert result.exit_code == 0, result.output
+    assert set(codes.read_train_summary(run)["bits"]) == {"8", "16", "32"}
+
+
 def test_codes_eval_needs_trained_heads(run_and_data, tmp_path):
     import shutil
 
