@@ -49,8 +49,9 @@ class HashHead(nn.Module):
     def bits(self) -> int:
         return int(self.w.shape[0])
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return hash_head(z, self.w, self.w_gate, self.b_gate, self.alpha)
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Relaxed codes h (B, bits) of unit embeddings (B, D) (the argument is named as the ONNX graph's input)."""
+        return hash_head(embeddings, self.w, self.w_gate, self.b_gate, self.alpha)
 
     def mask(self, z: torch.Tensor) -> torch.Tensor:
         """The per-input channel mask m (B, D) in (0, 1) (for inspection)."""
