@@ -105,7 +105,7 @@ class HashSettings:
 
     bits: int = 64
     shared: bool = False
-    epochs: int = 30
+    epochs: int = 20
     batch: int = 256
     lr: float = 3e-3
     tau: float = 0.1
