@@ -10,6 +10,7 @@ nor the trainer:
     import rebalance
     model = rebalance.load("runs/demo/bundle")          # a bundle, served with NumPy + onnxruntime only
     hits = model.search("a red circle", k=5)            # text -> the gallery's images, best first, ranks from 1
+    hits = model.search("a red circle", k=5, codes=True, shortlist=100)  # binary codes, then exact re-ranking
     v = model.encode_image(["photo.png"]); t = model.encode(["a red circle", "a blue square"])   # (N, D) float32
 
 `encode` follows sentence-transformers (one str gives a (D,) vector, a list (B, D)); `encode_image` and
@@ -61,6 +62,11 @@ class Model:
         return self.retriever.embed_dim
 
     @property
+    def code_bits(self) -> int | None:
+        """Bits of the bundle's binary codes, None for a bundle without code graphs."""
+        return self.retriever.code_bits
+
+    @property
     def gallery(self):
         """The bundle's `Gallery` (embeddings, names, captions, pixels), or None."""
         return self.retriever.gallery
@@ -98,19 +104,25 @@ class Model:
                          "kind, got " + ", ".join(sorted({type(item).__name__ for item in items})))
 
     def search(self, query, k: int = 5, *, modality: str | None = None, rerank: bool = False,
-               rerank_k: int | None = None):
+               rerank_k: int | None = None, codes: bool = False, shortlist: int | None = None):
         """The k best gallery items for a query, best first (ranks from 1): a list of `Hit`.
 
         query: a str (text -> images by default), an image (Path, PIL image, uint8 (H, W, 3) array: image ->
         captions by default), or embeddings of any float dtype, (D,) or (Q, D) (-> the whole gallery by default).
         A list of str, or (Q, D) embeddings, gives one list of hits per query. `modality` picks "image", "text" or
-        "all"; `rerank` re-scores cross-modal candidates with the ITM head."""
-        options = {"k": k, "modality": modality, "rerank": rerank, "rerank_k": rerank_k}
+        "all"; `rerank` re-scores cross-modal candidates with the ITM head. `codes` searches by Hamming distance
+        over the gallery's binary codes (a bundle exported with codes), `shortlist` M then re-ranks the Hamming top
+        M exactly by cosine; each hit then carries its `hamming` distance."""
+        options = {"k": k, "modality": modality, "rerank": rerank, "rerank_k": rerank_k, "codes": codes,
+                   "shortlist": shortlist}
         if isinstance(query, str):
             return self.retriever.search(texts=[query], **options)[0]
         if isinstance(query, np.ndarray) and np.issubdtype(query.dtype, np.floating):
             if rerank:
                 raise ValueError("rerank needs a text or an image query, not embeddings")
+            if codes or shortlist is not None:
+                raise ValueError("codes need a text or an image query (each modality has its own code head), not "
+                                 "embeddings; use model.retriever.search_codes(embeddings, kind, k) for those")
             hits = self.retriever.search_vectors(query, k, modality or "all")
             return hits[0] if query.ndim == 1 else hits
         if _is_image(query) and not (isinstance(query, np.ndarray) and query.ndim == 4):

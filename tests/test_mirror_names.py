@@ -7,7 +7,7 @@ import inspect
 
 import pytest
 
-MIRRORED = ("relations", "distances", "losses", "momentum", "experts", "gcl", "mixup", "sae")
+MIRRORED = ("relations", "distances", "losses", "momentum", "experts", "gcl", "mixup", "sae", "hashing")
 NUMPY_ONLY_KEYWORDS = {"grad_out"}
 
 

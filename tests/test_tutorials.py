@@ -32,6 +32,7 @@ FIGURES = {
     "08_other_answers": ["slerp_path.png", "universal_grid.png", "geometry.png", "cone.png", "shift.png"],
     "09_momentum_and_experts": ["momentum_vs_baseline.png", "expert_use.png"],
     "10_look_inside": ["sae_full.png", "sae_compare.png", "interactions_full.png", "word_patch_matrix.png"],
+    "11_binary_codes": ["codes_vs_bits.png", "bundle/manifest.json", "run/codes/heads-64.pt"],
 }
 
 # Generous: fast mode targets 20 s on one thread of a busy 2-core machine; this only catches a hang.

@@ -2,8 +2,9 @@
 
 `export_bundle(run_dir, bundle_dir)` takes a trained run (via `rebalance_torch.checkpoint.load_student`);
 `export_student(student, tokenizer, bundle_dir)` takes any `Student`. Both write the bundle described in
-`exports.serving.manifest`: three graphs with a dynamic batch (and a dynamic text length for the text inputs), traced at
-batch `EXPORT_BATCH` = 2 so that no size-1 batch dimension can be specialised into the graph.
+`exports.serving.manifest`: three graphs (and, given hash heads, the code graphs) with a dynamic batch (and a
+dynamic text length for the text inputs), traced at batch `EXPORT_BATCH` = 2 so that no size-1 batch dimension
+can be specialised into the graph.
 
 Exporter: the TorchScript-based exporter (`torch.onnx.export(..., dynamo=False)`), passed explicitly. Torch 2.13
 also offers the torch.export-based one (`dynamo=True`, its default since 2.9; onnxscript is installed), and
@@ -39,6 +40,8 @@ DEFAULT_EXPORTER = "torchscript"
 OPSET = 17
 EXPORT_BATCH = 2
 EXPORT_SEED = 0
+# The code width a run's bundle gets by default, when the run has heads of that width (`run_code_bits`).
+DEFAULT_CODE_BITS = 64
 
 # name: (file, input names, output names). Inputs: images float32 (B, 3, S, S); ids, mask int64 (B, L).
 GRAPHS = {
@@ -46,8 +49,16 @@ GRAPHS = {
     "text_encoder": ("text_encoder.onnx", ("ids", "mask"), ("t",)),
     "fusion_itm": ("fusion_itm.onnx", ("images", "ids", "mask"), ("itm_logits",)),
 }
+# The code graphs (format version 2), from `rebalance_torch.hash_heads.CodeHeads`: embeddings float32 (B, D) ->
+# h float32 (B, bits), the relaxed codes. One graph per modality, or one `codes` graph when the head is shared.
+CODE_GRAPHS = {
+    "codes_image": ("codes_image.onnx", ("embeddings",), ("h",)),
+    "codes_text": ("codes_text.onnx", ("embeddings",), ("h",)),
+    "codes": ("codes.onnx", ("embeddings",), ("h",)),
+}
 _DYNAMIC = {"images": {0: "batch"}, "ids": {0: "batch", 1: "length"}, "mask": {0: "batch", 1: "length"},
-            "v": {0: "batch"}, "t": {0: "batch"}, "itm_logits": {0: "batch"}}
+            "v": {0: "batch"}, "t": {0: "batch"}, "itm_logits": {0: "batch"}, "embeddings": {0: "batch"},
+            "h": {0: "batch"}}
 
 
 def library_versions() -> dict[str, str | None]:
@@ -86,6 +97,17 @@ def _wrappers(student):
             "fusion_itm": PairScorer(student)}
 
 
+def code_graph_names(heads) -> dict[str, str]:
+    """{"image": graph name, "text": graph name} of a `CodeHeads`: one shared graph or one per modality."""
+    return {"image": "codes", "text": "codes"} if heads.shared else {"image": "codes_image", "text": "codes_text"}
+
+
+def _code_wrappers(heads) -> dict:
+    """Graph name -> the head module it exports (`HashHead`: embeddings (B, D) -> h (B, bits))."""
+    names = code_graph_names(heads)
+    return {names[side]: heads.head(side) for side in ("image", "text")}
+
+
 def _export_graph(module, args: tuple, path: Path, inputs: tuple[str, ...], outputs: tuple[str, ...],
                   exporter: str, opset: int) -> None:
     import torch
@@ -99,8 +121,10 @@ def _export_graph(module, args: tuple, path: Path, inputs: tuple[str, ...], outp
                               opset_version=opset)
         return
     batch = torch.export.Dim("batch", min=1)
-    length = torch.export.Dim("length", min=1, max=module.student.config.max_len)
-    shapes = {"images": {0: batch}, "ids": {0: batch, 1: length}, "mask": {0: batch, 1: length}}
+    shapes = {"images": {0: batch}, "embeddings": {0: batch}}
+    if "ids" in inputs:
+        length = torch.export.Dim("length", min=1, max=module.student.config.max_len)
+        shapes.update(ids={0: batch, 1: length}, mask={0: batch, 1: length})
     program = torch.onnx.export(module, args, dynamo=True, input_names=list(inputs), output_names=list(outputs),
                                 dynamic_shapes={n: shapes[n] for n in inputs}, opset_version=opset,
                                 external_data=False, verbose=False)
@@ -159,13 +183,18 @@ def _move_into_place(tmp: Path, bundle_dir: Path, old_files: list[str]) -> None:
 
 
 def export_student(student, tokenizer, bundle_dir: str | Path, *, exporter: str = DEFAULT_EXPORTER,
-                   opset: int = OPSET, fusion: bool = True, info: dict | None = None, force: bool = False) -> Path:
+                   opset: int = OPSET, fusion: bool = True, info: dict | None = None, force: bool = False,
+                   codes=None) -> Path:
     """Write a bundle for `student` (a `rebalance_torch.models.Student`) and its `tokenizer` into `bundle_dir`.
 
-    `info` is merged into the manifest (e.g. the run folder, stage and presets). An existing bundle is replaced
-    only with `force` (see the module's doc for what is removed). Returns the bundle path.
+    `info` is merged into the manifest (e.g. the run folder, stage and presets). `codes`: hash heads
+    (`rebalance_torch.hash_heads.CodeHeads`) of the student's embedding width, exported as the code graphs with
+    the manifest's `codes` section. An existing bundle is replaced only with `force` (see the module's doc for
+    what is removed). Returns the bundle path.
     """
     import torch
+
+    from rebalance_torch import input_checks
 
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
@@ -174,6 +203,9 @@ def export_student(student, tokenizer, bundle_dir: str | Path, *, exporter: str 
     config = student.config
     if tokenizer.vocab_size != config.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} words but the student expects {config.vocab_size}")
+    if codes is not None and codes.dim != config.embed_dim:
+        raise ValueError(f"the hash heads take embeddings of width {codes.dim} but the student's are "
+                         f"{config.embed_dim} wide (heads trained on another run?)")
     bundle_dir = Path(bundle_dir)
     _prepare_target(bundle_dir, force)  # early, before the slow part; checked again under the lock
     bundle_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -194,6 +226,15 @@ def export_student(student, tokenizer, bundle_dir: str | Path, *, exporter: str 
                 file, inputs, outputs = GRAPHS[name]
                 _export_graph(module, args[name], tmp / file, inputs, outputs, exporter, opset)
                 graphs[name] = {"file": file, "inputs": list(inputs), "outputs": list(outputs)}
+            if codes is not None:
+                codes.eval()
+                generator = torch.Generator().manual_seed(EXPORT_SEED)
+                embeddings = torch.nn.functional.normalize(torch.randn(EXPORT_BATCH, codes.dim, generator=generator))
+                with input_checks.skipped():
+                    for name, module in _code_wrappers(codes).items():
+                        file, inputs, outputs = CODE_GRAPHS[name]
+                        _export_graph(module, (embeddings,), tmp / file, inputs, outputs, exporter, opset)
+                        graphs[name] = {"file": file, "inputs": list(inputs), "outputs": list(outputs)}
         tokenizer.save(tmp / "tokenizer.json")
         manifest = {
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -204,6 +245,8 @@ def export_student(student, tokenizer, bundle_dir: str | Path, *, exporter: str 
             "gallery": None,
             **(info or {}),
         }
+        if codes is not None:
+            manifest["codes"] = {"bits": codes.bits, "graphs": code_graph_names(codes), "shared": codes.shared}
         write_manifest(tmp, manifest)  # hashes the files of our private temporary folder
         with bundle_lock(bundle_dir):
             _move_into_place(tmp, bundle_dir, _prepare_target(bundle_dir, force))
@@ -214,18 +257,49 @@ def export_student(student, tokenizer, bundle_dir: str | Path, *, exporter: str 
     return bundle_dir
 
 
-def export_bundle(run_dir: str | Path, bundle_dir: str | Path, *, which: str = "best",
-                  exporter: str = DEFAULT_EXPORTER, opset: int = OPSET, force: bool = False) -> Path:
-    """Export the student of a training run folder (checkpoint `which`) into `bundle_dir`; returns its path."""
-    from rebalance_torch.checkpoint import load_student, resolve
+def run_code_bits(run_dir: str | Path, code_bits: int | str | None = "auto") -> int | None:
+    """The code width a run's bundle gets: "auto" takes 64 bits when the run has heads of that width, else its
+    widest, and None when it has none; a number asks for that width (refused when not trained); None: no codes."""
+    from rebalance_torch.hash_heads import trained_bits
 
+    if code_bits is None:
+        return None
+    available = trained_bits(run_dir)
+    if code_bits == "auto":
+        return None if not available else (DEFAULT_CODE_BITS if DEFAULT_CODE_BITS in available else available[-1])
+    if isinstance(code_bits, bool) or not isinstance(code_bits, int) or code_bits not in available:
+        trained = ", ".join(map(str, available)) or "none"
+        raise ValueError(f"run {run_dir} has no hash heads of {code_bits!r} bits (trained: {trained}); train them "
+                         f"with `rebalance codes train --run {run_dir} --bits {code_bits}`")
+    return code_bits
+
+
+def export_bundle(run_dir: str | Path, bundle_dir: str | Path, *, which: str = "best",
+                  exporter: str = DEFAULT_EXPORTER, opset: int = OPSET, force: bool = False,
+                  code_bits: int | str | None = "auto") -> Path:
+    """Export the student of a training run folder (checkpoint `which`) into `bundle_dir`; returns its path.
+
+    When the run has trained hash heads (`rebalance codes train`), the code graphs of `run_code_bits(run_dir,
+    code_bits)` bits go into the bundle too."""
+    from rebalance_torch.checkpoint import load_student, resolve
+    from rebalance_torch.hash_heads import heads_path, load_code_heads
+
+    bits = run_code_bits(run_dir, code_bits)
+    heads = None
+    if bits is not None:
+        heads, heads_info = load_code_heads(heads_path(run_dir, bits))
+        if heads_info.get("which", which) != which:
+            raise ValueError(f"the run's {bits}-bit hash heads were trained on checkpoint {heads_info['which']!r}, "
+                             f"not {which!r}: export --which {heads_info['which']}, train the heads again with "
+                             f"--which {which}, or export without codes (--no-codes)")
     student, train_config, tokenizer = load_student(run_dir, which=which)
     info = {"source": {"run_dir": str(Path(run_dir).resolve()), "which": which,
                        "checkpoint": resolve(run_dir, which).name},
             "presets": {"model": train_config.model, "data": train_config.preset,
                         "data_dir": train_config.data_dir},
             "k_test": train_config.k_test}
-    return export_student(student, tokenizer, bundle_dir, exporter=exporter, opset=opset, info=info, force=force)
+    return export_student(student, tokenizer, bundle_dir, exporter=exporter, opset=opset, info=info, force=force,
+                          codes=heads)
 
 
 def export_and_search(run_dir: str | Path, bundle_dir: str | Path, split, *, query: str | None = None, k: int = 5,

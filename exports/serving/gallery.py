@@ -5,7 +5,12 @@ caption embeddings t, all float32 unit rows of dim D. A gallery of images only, 
 retrieval) is the same object. Images may carry their pixels (uint8, at the model's input size) so that ITM
 re-ranking works from the bundle alone, wherever it is copied.
 
-On disk, inside a bundle: `gallery/embeddings.npy`, `gallery/items.json` and optionally `gallery/images.npy`.
+With a bundle that has code graphs (format version 2), each row also has its packed binary code (`codes`, uint8
+(N, bits / 8), `exports.serving.codes.pack_codes`): image rows through the image head, caption rows through the
+text head.
+
+On disk, inside a bundle: `gallery/embeddings.npy`, `gallery/items.json` and optionally `gallery/images.npy` and
+`gallery/codes.npy`.
 `save` hashes the bytes it writes (not the files as they are on disk afterwards); `load` reads only files the
 manifest lists, so a gallery file left out of the manifest is refused, never served unverified.
 
@@ -33,6 +38,8 @@ KINDS = ("image", "text")
 MODALITIES = KINDS + ("all",)  # what a search may ask for: one kind of item, or both (mixed retrieval)
 REQUIRED = ("embeddings.npy", "items.json")
 PIXELS = "images.npy"
+CODES = "codes.npy"
+OPTIONAL = (PIXELS, CODES)
 
 
 @dataclass
@@ -44,6 +51,7 @@ class Gallery:
     captions: list[str]                   # (n_captions,)
     caption_sources: list[str | None]     # (n_captions,) name of the image each caption describes, None if unknown
     pixels: np.ndarray | None = None      # (n_images, S, S, 3) uint8, for ITM re-ranking; None if not kept
+    codes: np.ndarray | None = None       # (n_images + n_captions, bits / 8) uint8 packed codes; None without
 
     def __post_init__(self) -> None:
         e = self.embeddings
@@ -63,6 +71,17 @@ class Gallery:
             if p.dtype != np.uint8 or p.ndim != 4 or p.shape[0] != len(self.image_names) or p.shape[3] != 3:
                 raise ValueError(f"gallery pixels must be uint8 ({len(self.image_names)}, S, S, 3), got "
                                  f"{p.dtype} {p.shape}")
+        if self.codes is not None:
+            c = self.codes
+            if not isinstance(c, np.ndarray) or c.dtype != np.uint8 or c.ndim != 2 or c.shape[0] != e.shape[0] \
+                    or c.shape[1] == 0:
+                raise ValueError(f"gallery codes must be packed uint8 ({e.shape[0]}, bits / 8), one row per "
+                                 f"embedding, got {getattr(c, 'dtype', type(c).__name__)} {getattr(c, 'shape', '')}")
+
+    @property
+    def code_bits(self) -> int | None:
+        """Bits of the gallery's codes, None when it has none."""
+        return None if self.codes is None else 8 * int(self.codes.shape[1])
 
     @property
     def n_images(self) -> int:
@@ -111,14 +130,17 @@ class Gallery:
         records = {f"{GALLERY_DIR}/embeddings.npy": _save_npy(folder / "embeddings.npy", self.embeddings)}
         if self.pixels is not None:
             records[f"{GALLERY_DIR}/{PIXELS}"] = _save_npy(folder / PIXELS, self.pixels)
+        if self.codes is not None:
+            records[f"{GALLERY_DIR}/{CODES}"] = _save_npy(folder / CODES, self.codes)
         items = {"format": ITEMS_FORMAT, "version": ITEMS_VERSION, "image_names": self.image_names,
                  "captions": self.captions, "caption_sources": list(self.caption_sources)}
         data = json.dumps(items).encode("utf-8")
         with atomic_path(folder / "items.json") as tmp:
             tmp.write_bytes(data)
         records[f"{GALLERY_DIR}/items.json"] = bytes_record(data)
-        if self.pixels is None and (folder / PIXELS).exists():
-            (folder / PIXELS).unlink()  # written by an earlier index of this bundle
+        for name, kept in ((PIXELS, self.pixels), (CODES, self.codes)):
+            if kept is None and (folder / name).exists():
+                (folder / name).unlink()  # written by an earlier index of this bundle
         return records
 
     @classmethod
@@ -128,7 +150,7 @@ class Gallery:
         Every gallery file read must be listed: a file present on disk but missing from the manifest is refused."""
         bundle_dir = Path(bundle_dir)
         folder = bundle_dir / GALLERY_DIR
-        for name in (*REQUIRED, PIXELS):
+        for name in (*REQUIRED, *OPTIONAL):
             listed = f"{GALLERY_DIR}/{name}" in files
             if not listed and (name in REQUIRED or (folder / name).exists()):
                 raise BundleError(f"bundle {bundle_dir}: {GALLERY_DIR}/{name} is not listed in the manifest's files, "
@@ -144,8 +166,13 @@ class Gallery:
         if dim is not None and (embeddings.ndim != 2 or embeddings.shape[1] != dim):
             raise BundleError(f"{folder / 'embeddings.npy'}: shape {embeddings.shape}, the bundle's model has D={dim}")
         pixels = np.load(folder / PIXELS, allow_pickle=False) if f"{GALLERY_DIR}/{PIXELS}" in files else None
-        return cls(embeddings=embeddings, image_names=list(items["image_names"]), captions=list(items["captions"]),
-                   caption_sources=list(items["caption_sources"]), pixels=pixels)
+        codes = np.load(folder / CODES, allow_pickle=False) if f"{GALLERY_DIR}/{CODES}" in files else None
+        try:
+            return cls(embeddings=embeddings, image_names=list(items["image_names"]),
+                       captions=list(items["captions"]), caption_sources=list(items["caption_sources"]),
+                       pixels=pixels, codes=codes)
+        except ValueError as error:
+            raise BundleError(f"bundle {bundle_dir}: {error}") from None
 
 
 class _HashingWriter:

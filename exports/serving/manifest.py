@@ -8,7 +8,13 @@ bundle is a folder:
     text_encoder.onnx      ids int64 (B, L), mask int64 (B, L) -> t float32 (B, D), unit rows
     fusion_itm.onnx        images, ids, mask -> itm_logits float32 (B, 2) (pair i = image i with text i)
     tokenizer.json         the word-level tokenizer (rebalance_ref.tokenizer)
-    gallery/...            optional: embeddings and item lists written by `rebalance index`
+    codes_image.onnx       optional (version 2): image embeddings float32 (B, D) -> h float32 (B, bits), the
+    codes_text.onnx        relaxed codes (sign(h) > 0 is the code); one `codes.onnx` when the head is shared
+    gallery/...            optional: embeddings, item lists (and packed codes) written by `rebalance index`
+
+Versions: 1 has no codes; 2 adds the optional `codes` section {"bits", "graphs": {"image": graph name, "text":
+graph name}} naming the code graphs of `onnx.graphs`. Both are read; a manifest is written with its own version
+(a version-1 bundle indexed again stays version 1), a new export is version 2.
 
 `read_manifest` refuses, with a `BundleError` (a ValueError) naming the problem, a folder without a manifest, a
 manifest of another format or version, a `model` or `onnx` section of the wrong shape, a listed file that is
@@ -32,7 +38,8 @@ from pathlib import Path
 from rebalance_ref.files import DataError, path_inside, read_json, write_json_atomic
 
 FORMAT = "rebalance-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 REQUIRED_FILES = ("image_encoder.onnx", "text_encoder.onnx", "tokenizer.json")
 # manifest["model"]: the dims the runtime needs, each a positive int.
@@ -78,7 +85,7 @@ def write_manifest(bundle_dir: str | Path, manifest: dict, records: dict[str, di
     filled and nobody else writes to (the exporter's private temporary folder)."""
     bundle_dir = Path(bundle_dir)
     manifest = dict(manifest)
-    manifest["format"], manifest["format_version"] = FORMAT, FORMAT_VERSION
+    manifest["format"], manifest["format_version"] = FORMAT, manifest.get("format_version", FORMAT_VERSION)
     if records is None:
         records = {name: file_record(bundle_dir, name) for name in list_files(bundle_dir)}
     manifest["files"] = dict(sorted(records.items()))
@@ -109,6 +116,26 @@ def check_sections(path: Path, manifest: dict) -> None:
     gallery = manifest.get("gallery")
     if gallery is not None and not isinstance(gallery, dict):
         raise BundleError(f"{path}: 'gallery' must be an object or null, got {type(gallery).__name__}")
+    check_codes_section(path, manifest)
+
+
+def check_codes_section(path: Path, manifest: dict) -> None:
+    """Raise BundleError unless the optional `codes` section (version 2) gives `bits`, a positive multiple of 8,
+    and `graphs` naming an image and a text graph of `onnx.graphs`."""
+    codes = manifest.get("codes")
+    if codes is None:
+        return
+    if manifest.get("format_version") == 1:
+        raise BundleError(f"{path}: a version-1 bundle has no 'codes' section (codes came with version 2)")
+    if not isinstance(codes, dict) or not _positive_int(codes.get("bits")) or codes["bits"] % 8:
+        raise BundleError(f"{path}: codes.bits must be a positive multiple of 8, got "
+                          f"{codes.get('bits') if isinstance(codes, dict) else codes!r:.40}")
+    graphs = codes.get("graphs")
+    if not isinstance(graphs, dict) or set(graphs) != {"image", "text"}:
+        raise BundleError(f"{path}: codes.graphs must name the 'image' and the 'text' code graph")
+    for side, name in graphs.items():
+        if name not in manifest["onnx"]["graphs"]:
+            raise BundleError(f"{path}: codes.graphs.{side} names {name!r:.40}, which onnx.graphs does not list")
 
 
 def read_manifest(bundle_dir: str | Path, verify_files: bool = True) -> dict:
@@ -123,9 +150,9 @@ def read_manifest(bundle_dir: str | Path, verify_files: bool = True) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path}: not a rebalance bundle manifest (expected format {FORMAT!r})")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(f"{path}: bundle format version {version!r} is unknown; this rebalance reads version "
-                          f"{FORMAT_VERSION} (export the bundle again with this version)")
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
+        raise BundleError(f"{path}: bundle format version {version!r} is unknown; this rebalance reads versions "
+                          f"{', '.join(map(str, READABLE_VERSIONS))} (export the bundle again with this version)")
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise BundleError(f"{path}: 'files' must map each file of the bundle to its sha256 and size")

@@ -8,6 +8,8 @@
     hits = retriever.search_text("a red circle", k=5)         # exact top-k images (the other modality)
     hits = retriever.search_text("a red circle", k=5, modality="all")  # images and captions together
     hits = retriever.search_text("a red circle", k=5, rerank=True)   # top-k images re-scored by the ITM head
+    hits = retriever.search_text("a red circle", k=5, codes=True)    # Hamming top-k over the gallery's codes
+    hits = retriever.search_text("a red circle", k=5, codes=True, shortlist=100)  # Hamming top 100, exact re-rank
     retriever.hit_pixels(hits[0])                             # the hit's image, from the bundle alone
 
 A query searches the other modality by default (text -> images, image -> captions), or its own when the gallery
@@ -15,8 +17,10 @@ holds only that one; ranks are 1-based.
 
 This module imports numpy, onnxruntime, Pillow (image files) and the torch-free parts of rebalance_ref only; a
 test runs it with torch blocked from importing. Search is exact (`exports.serving.search.ExactIndex`, or FAISS
-`IndexFlatIP` with `backend="faiss"` when faiss is installed). Thread counts are explicit: `threads` sets both
-onnxruntime's intra-op threads and NumPy's BLAS threads (process-wide).
+`IndexFlatIP` with `backend="faiss"` when faiss is installed), or, for a bundle with code graphs and a gallery
+indexed with codes, Hamming top-k over packed binary codes (`exports.serving.codes.HammingIndex`), optionally with
+the Hamming top `shortlist` re-ranked exactly by the float embeddings (`rerank_exact`). Thread counts are
+explicit: `threads` sets both onnxruntime's intra-op threads and NumPy's BLAS threads (process-wide).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from exports.serving.codes import HammingIndex, pack_codes, rerank_exact
 from exports.serving.gallery import GALLERY_DIR, Gallery
 from exports.serving.manifest import BundleError, bundle_lock, read_manifest, write_manifest
 from exports.serving.search import ExactIndex, FaissFlatIndex
@@ -42,6 +47,9 @@ DEFAULT_PROVIDER = "CPUExecutionProvider"
 DEFAULT_RERANK_K = 16
 _EXPECTED_INPUTS = {"image_encoder": ["images"], "text_encoder": ["ids", "mask"],
                     "fusion_itm": ["images", "ids", "mask"]}
+# Every code graph (named by the manifest's `codes.graphs`) takes unit embeddings float32 (B, D) -> h (B, bits).
+_CODE_INPUTS = ["embeddings"]
+SEARCH_METHODS = ("exact", "hamming", "hamming+exact")
 
 
 @dataclass
@@ -61,6 +69,7 @@ class Hit:
     image: str | None = None     # the caption's image, when known (kind "text")
     pixels: str | None = None    # "gallery/images.npy[i]": the image's pixels in the bundle, when kept
     itm: float | None = None
+    hamming: int | None = None   # Hamming distance of the query's code to the hit's (code search only)
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -76,6 +85,7 @@ class Retriever:
         self.gallery: Gallery | None = None
         self._index = None
         self._faiss: dict[str, FaissFlatIndex] = {}
+        self._hamming: dict[str, HammingIndex] = {}
 
     # --- loading ---------------------------------------------------------------------------------------------
     @classmethod
@@ -107,8 +117,10 @@ class Retriever:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         sessions = {}
+        code_graphs = set((manifest.get("codes") or {}).get("graphs", {}).values())  # checked by read_manifest
         for name, graph in graphs.items():
-            if name not in _EXPECTED_INPUTS:
+            expected = _CODE_INPUTS if name in code_graphs else _EXPECTED_INPUTS.get(name)
+            if expected is None:
                 continue
             if graph.get("file") not in manifest["files"]:
                 raise BundleError(f"{bundle_dir}: graph {name} file {graph.get('file')!r} is not listed with a hash")
@@ -117,8 +129,8 @@ class Retriever:
             except Exception as error:  # noqa: BLE001 - onnxruntime raises its own exception types
                 raise BundleError(f"{bundle_dir / graph['file']}: onnxruntime cannot load it ({error})") from None
             inputs = [i.name for i in session.get_inputs()]
-            if inputs != _EXPECTED_INPUTS[name]:
-                raise BundleError(f"{bundle_dir / graph['file']}: inputs {inputs}, expected {_EXPECTED_INPUTS[name]}")
+            if inputs != expected:
+                raise BundleError(f"{bundle_dir / graph['file']}: inputs {inputs}, expected {expected}")
             sessions[name] = session
         tokenizer = Tokenizer.load(bundle_dir / "tokenizer.json")
         if tokenizer.vocab_size != manifest["model"]["vocab_size"]:
@@ -144,6 +156,16 @@ class Retriever:
     @property
     def has_itm(self) -> bool:
         return "fusion_itm" in self.sessions
+
+    @property
+    def code_bits(self) -> int | None:
+        """Bits of the bundle's binary codes (format version 2 with code graphs), None without."""
+        codes = self.manifest.get("codes")
+        return int(codes["bits"]) if codes else None
+
+    @property
+    def has_codes(self) -> bool:
+        return self.code_bits is not None
 
     # --- encoding --------------------------------------------------------------------------------------------
     def pixels(self, images) -> np.ndarray:
@@ -217,11 +239,33 @@ class Retriever:
             out[lo:lo + batch_size] = logits[:, 1]
         return out
 
+    def code_values(self, embeddings: np.ndarray, kind: str, batch_size: int = 4096) -> np.ndarray:
+        """The relaxed codes h float32 (N, bits) of unit embeddings (N, D) of one kind ("image" or "text"),
+        through that modality's code graph; the code is h > 0."""
+        if not self.has_codes:
+            raise ValueError(f"bundle {self.bundle_dir} has no code graphs: train hash heads with `rebalance codes "
+                             f"train --run RUN` and export the run again")
+        if kind not in ("image", "text"):
+            raise ValueError(f"kind must be 'image' or 'text' (the code head to use), got {kind!r}")
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.embed_dim:
+            raise ValueError(f"embeddings must be (N, {self.embed_dim}), got shape {embeddings.shape}")
+        session = self.sessions[self.manifest["codes"]["graphs"][kind]]
+        out = np.empty((len(embeddings), self.code_bits), np.float32)
+        for lo in range(0, len(embeddings), batch_size):
+            (out[lo:lo + batch_size],) = session.run(None, {"embeddings": embeddings[lo:lo + batch_size]})
+        return out
+
+    def encode_codes(self, embeddings: np.ndarray, kind: str) -> np.ndarray:
+        """Packed binary codes uint8 (N, bits / 8) of unit embeddings (N, D) of one kind (`code_values`)."""
+        return pack_codes(self.code_values(embeddings, kind))
+
     # --- gallery ---------------------------------------------------------------------------------------------
     def build_gallery(self, *, images=None, image_names: Sequence[str] | None = None,
                       captions: Sequence[str] | None = None, caption_sources: Sequence[str | None] | None = None,
                       keep_pixels: bool = True) -> Gallery:
-        """Embed images (uint8 array or files) and/or captions into a `Gallery` (images first, then captions)."""
+        """Embed images (uint8 array or files) and/or captions into a `Gallery` (images first, then captions),
+        with their packed codes when the bundle has code graphs."""
         if images is None and not captions:
             raise ValueError("build_gallery needs images, captions or both")
         pixels = self.pixels(images) if images is not None else np.zeros((0, self.image_size, self.image_size, 3),
@@ -231,10 +275,12 @@ class Retriever:
                            else [f"image-{i}" for i in range(len(pixels))])
         captions = list(captions or [])
         sources = list(caption_sources) if caption_sources is not None else [None] * len(captions)
-        embeddings = np.concatenate([self.encode_images(pixels), self.encode_texts(captions) if captions else
-                                     np.zeros((0, self.embed_dim), np.float32)])
-        return Gallery(embeddings=embeddings, image_names=list(image_names), captions=captions,
-                       caption_sources=sources, pixels=pixels if keep_pixels and len(pixels) else None)
+        v = self.encode_images(pixels)
+        t = self.encode_texts(captions) if captions else np.zeros((0, self.embed_dim), np.float32)
+        codes = np.concatenate([self.encode_codes(v, "image"), self.encode_codes(t, "text")]) if self.has_codes \
+            else None
+        return Gallery(embeddings=np.concatenate([v, t]), image_names=list(image_names), captions=captions,
+                       caption_sources=sources, pixels=pixels if keep_pixels and len(pixels) else None, codes=codes)
 
     def set_gallery(self, gallery: Gallery) -> None:
         """Search this gallery from now on (its index is built here, once).
@@ -244,7 +290,11 @@ class Retriever:
         """
         if gallery.embeddings.shape[1] != self.embed_dim:
             raise ValueError(f"gallery has dim {gallery.embeddings.shape[1]}, the bundle's model has {self.embed_dim}")
+        if gallery.codes is not None and gallery.code_bits != self.code_bits:
+            raise ValueError(f"the gallery's codes have {gallery.code_bits} bits but the bundle's code graphs make "
+                             f"{self.code_bits or 'no codes'}; index the gallery again with this bundle")
         self.gallery = gallery
+        self._hamming = {}
         self._index = ExactIndex(gallery.embeddings) if self.backend == "numpy" else None
         if self._index is not None:
             gallery.embeddings = self._index.columns.T  # (N, D) view of the (D, N) index
@@ -269,6 +319,8 @@ class Retriever:
             manifest = dict(self.manifest)
             manifest["gallery"] = {"folder": GALLERY_DIR, "n_images": self.gallery.n_images,
                                    "n_captions": self.gallery.n_captions, "pixels": self.gallery.pixels is not None}
+            if self.gallery.codes is not None:
+                manifest["gallery"]["code_bits"] = self.gallery.code_bits
             self.manifest = write_manifest(self.bundle_dir, manifest, records)
 
     # --- search ----------------------------------------------------------------------------------------------
@@ -284,6 +336,46 @@ class Retriever:
                                                    threads=self.threads)
         scores, local = self._faiss[modality].search(queries, k)
         return scores, local + rows.start
+
+    def search_codes(self, queries: np.ndarray, kind: str, k: int, modality: str = "all",
+                     shortlist: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Code search of unit query embeddings (Q, D) of one kind ("image" or "text", which picks the code head)
+        among the gallery rows of `modality`: Hamming top-k (ties by lower row), or with `shortlist` M the Hamming
+        top M re-ranked exactly by cosine. Returns (cosine scores float32, rows int64, Hamming distances int32),
+        each (Q, k'), in the order searched."""
+        self.check_codes()
+        if shortlist is not None and (isinstance(shortlist, bool) or not isinstance(shortlist, (int, np.integer))
+                                      or shortlist < 1):
+            raise ValueError(f"shortlist must be an int >= 1 (Hamming candidates re-ranked exactly), got "
+                             f"{shortlist!r}")
+        queries = np.asarray(queries, dtype=np.float32)
+        rows = self.gallery.rows(modality)
+        if modality not in self._hamming:
+            self._hamming[modality] = HammingIndex(self.gallery.codes[rows])
+        query_codes = self.encode_codes(queries, kind)
+        depth = k if shortlist is None else max(int(shortlist), k)
+        _, local = self._hamming[modality].search(query_codes, depth)  # (Q, depth) rows of the modality
+        found = local + rows.start
+        embeddings = self.gallery.embeddings
+        if shortlist is None:
+            scores = np.einsum("qd,qkd->qk", queries, embeddings[found]).astype(np.float32)
+        else:
+            scores, found = rerank_exact(queries, embeddings, found, k)
+        distances = np.bitwise_count(query_codes[:, None, :] ^ self.gallery.codes[found]).sum(axis=2,
+                                                                                               dtype=np.int32)
+        return scores, found, distances
+
+    def check_codes(self) -> None:
+        """Raise ValueError unless code search can run: a bundle with code graphs and a gallery indexed with
+        its codes."""
+        if not self.has_codes:
+            raise ValueError(f"bundle {self.bundle_dir} has no code graphs, so --codes cannot search it: train hash "
+                             f"heads (`rebalance codes train --run RUN`), export the run again, then index")
+        if self.gallery is None:
+            raise ValueError("the retriever has no gallery: run `rebalance index` or call set_gallery first")
+        if self.gallery.codes is None:
+            raise ValueError(f"the gallery of {self.bundle_dir} was indexed without codes (before the bundle had "
+                             f"code graphs): index it again (`rebalance index --force`) to search it by codes")
 
     def search_vectors(self, queries: np.ndarray, k: int = 5, modality: str = "all") -> list[list[Hit]]:
         """Top-k hits for query embeddings (Q, D) or (D,), of any float dtype (searched as float32), best first."""
@@ -311,13 +403,17 @@ class Retriever:
         return modality
 
     def search(self, *, texts: Sequence[str] | None = None, images=None, k: int = 5, modality: str | None = None,
-               rerank: bool = False, rerank_k: int | None = None) -> list[list[Hit]]:
+               rerank: bool = False, rerank_k: int | None = None, codes: bool = False,
+               shortlist: int | None = None) -> list[list[Hit]]:
         """Top-k hits for each query (texts, or images as uint8 (Q, H, W, 3) / files), best first.
 
         modality: "image", "text" or "all" (mixed); default: the other modality (text -> images, image ->
         captions), or the query's own when the gallery has none of the other. Ranks are 1-based.
         rerank: re-score the top `rerank_k` (default: the run's k_test, at least k) cross-modal candidates with
         the ITM matched logit, as the paper's evaluation does, and return the best k of them by that logit.
+        codes: find the candidates by Hamming distance between binary codes (`search_codes`) instead of the exact
+        float search; shortlist: with codes, re-rank the Hamming top `shortlist` exactly by cosine. Each hit of a
+        code search carries its Hamming distance.
         """
         if (texts is None) == (images is None):
             raise ValueError("search needs exactly one of texts= or images=")
@@ -326,6 +422,11 @@ class Retriever:
         if self.gallery is None:
             raise ValueError("the retriever has no gallery: run `rebalance index` or call set_gallery first")
         k = int(k)
+        if shortlist is not None and not codes:
+            raise ValueError("shortlist re-ranks the Hamming candidates of a code search: use it with codes=True "
+                             "(--codes)")
+        if codes:
+            self.check_codes()
         kind = "text" if texts is not None else "image"
         modality = self._modality(kind, modality, rerank)
         if kind == "text":
@@ -339,11 +440,17 @@ class Retriever:
         if rerank:
             default = int(self.manifest.get("k_test") or DEFAULT_RERANK_K)
             depth = max(k, default if rerank_k is None else int(rerank_k))
-        scores, rows = self.search_embeddings(queries, depth, modality)
+        if codes:
+            scores, rows, distances = self.search_codes(queries, kind, depth, modality, shortlist)
+        else:
+            (scores, rows), distances = self.search_embeddings(queries, depth, modality), None
         results = []
         for q in range(len(queries)):
             hits = [self._hit(r, int(row), float(s))
                     for r, (row, s) in enumerate(zip(rows[q], scores[q], strict=True), start=1)]
+            if distances is not None:
+                for hit, distance in zip(hits, distances[q], strict=True):
+                    hit.hamming = int(distance)
             if rerank:
                 hits = self._rerank(hits, texts[q] if kind == "text" else None,
                                     query_pixels[q] if kind == "image" else None)
@@ -420,8 +527,14 @@ def index_split(retriever: Retriever, split, what: str = "both", keep_pixels: bo
     return gallery
 
 
+def search_method(codes: bool, shortlist: int | None) -> str:
+    """How a search found its candidates: "exact" (float), "hamming" (codes) or "hamming+exact" (re-ranked)."""
+    return SEARCH_METHODS[0] if not codes else SEARCH_METHODS[1] if shortlist is None else SEARCH_METHODS[2]
+
+
 def format_hits(hits: list[Hit]) -> str:
-    """Hits as aligned text lines: rank (1-based), kind, cosine, ITM logit (when re-ranked), and the item."""
+    """Hits as aligned text lines: rank (1-based), kind, cosine, Hamming distance (code search), ITM logit (when
+    re-ranked), and the item."""
     lines = []
     for hit in hits:
         itm = "" if hit.itm is None else f"  itm {hit.itm:+.3f}"
@@ -429,5 +542,6 @@ def format_hits(hits: list[Hit]) -> str:
             what = hit.name + (f"  [{hit.pixels}]" if hit.pixels else "")
         else:
             what = f'"{hit.caption}"' + (f"  [{hit.image}]" if hit.image else "")
-        lines.append(f"{hit.rank:>3}. {hit.kind:<5}  cos {hit.score:+.3f}{itm}  {what}")
+        hamming = "" if hit.hamming is None else f"  hamming {hit.hamming:>3}"
+        lines.append(f"{hit.rank:>3}. {hit.kind:<5}  cos {hit.score:+.3f}{hamming}{itm}  {what}")
     return "\n".join(lines)

@@ -28,21 +28,32 @@ from rebalance.cli.options import json_option, set_threads, threads_option
               help="torch.onnx exporter (dynamo=False or True); see docs/export.md.")
 @click.option("--opset", type=click.IntRange(min=17), default=17, show_default=True, help="ONNX opset.")
 @click.option("--verify", "verify", is_flag=True, help="Check the bundle against torch; exit 1 if it fails.")
+@click.option("--code-bits", type=click.IntRange(min=8), default=None,
+              help="Width of the binary codes to bundle, from the run's hash heads (`rebalance codes train`) "
+                   "[default: 64 when trained, else the widest; none when the run has no heads].")
+@click.option("--no-codes", is_flag=True, help="Leave the run's hash heads out of the bundle.")
 @threads_option
 @json_option
-def export(run_dir: str, out: str, force: bool, which: str, exporter: str, opset: int, verify: bool, threads: int,
-           as_json: bool) -> None:
-    """Export a run's student to an ONNX bundle (image/text encoders, ITM scorer, tokenizer, manifest)."""
+def export(run_dir: str, out: str, force: bool, which: str, exporter: str, opset: int, verify: bool,
+           code_bits: int | None, no_codes: bool, threads: int, as_json: bool) -> None:
+    """Export a run's student to an ONNX bundle (image/text encoders, ITM scorer, tokenizer, manifest; the code
+    graphs too when the run has trained hash heads)."""
+    if no_codes and code_bits is not None:
+        raise click.UsageError("give --code-bits or --no-codes, not both")
     set_threads(threads)
     from exports.exporter.export import export_bundle
     from exports.exporter.verify import verify_run_bundle
+    from exports.serving.manifest import read_manifest
 
-    bundle = export_bundle(run_dir, out, which=which, exporter=exporter, opset=opset, force=force)
+    bundle = export_bundle(run_dir, out, which=which, exporter=exporter, opset=opset, force=force,
+                           code_bits=None if no_codes else code_bits if code_bits is not None else "auto")
+    codes = read_manifest(bundle, verify_files=False).get("codes")
     report = verify_run_bundle(bundle, run_dir, which=which, threads=threads) if verify else None
     if as_json:
-        click.echo(json.dumps({"bundle": str(bundle), "verify": report.to_dict() if report else None}, indent=2))
+        click.echo(json.dumps({"bundle": str(bundle), "codes": codes, "verify": report.to_dict() if report else None},
+                              indent=2))
     else:
-        click.echo(f"bundle written to {bundle}")
+        click.echo(f"bundle written to {bundle}" + (f" (with {codes['bits']}-bit codes)" if codes else ""))
         if report is not None:
             click.echo(report.table())
     if report is not None and not report.ok:
@@ -82,11 +93,12 @@ def index(bundle: str, data: str, split: str, what: str, pixels: bool, force: bo
         gallery = index_split(retriever, splits[split], what=what, keep_pixels=pixels)
         retriever.save_gallery()
     summary = {"bundle": bundle, "images": gallery.n_images, "captions": gallery.n_captions,
-               "pixels": gallery.pixels is not None}
+               "pixels": gallery.pixels is not None, "code_bits": gallery.code_bits}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
-        click.echo(f"indexed {gallery.n_images} images and {gallery.n_captions} captions into {bundle}")
+        click.echo(f"indexed {gallery.n_images} images and {gallery.n_captions} captions into {bundle}"
+                   + (f" with {gallery.code_bits}-bit codes" if gallery.code_bits else ""))
 
 
 @click.command("search", short_help="Search a bundle's gallery by text or image.")
@@ -105,10 +117,15 @@ def index(bundle: str, data: str, split: str, what: str, pixels: bool, force: bo
               help="Candidates to re-score [default: the run's k_test].")
 @click.option("--backend", type=click.Choice(["numpy", "faiss"]), default="numpy", show_default=True,
               help="Exact search backend (faiss needs the faiss package).")
+@click.option("--codes", "codes", is_flag=True,
+              help="Search by Hamming distance over the gallery's binary codes (a bundle exported with codes).")
+@click.option("--shortlist", type=click.IntRange(min=1), default=None,
+              help="With --codes: re-rank the Hamming top M exactly with the float embeddings.")
 @threads_option
 @json_option
 def search(bundle: str, text: str | None, image: str | None, k: int, modality: str | None, grid: Path | None,
-           force: bool, rerank: bool, rerank_k: int | None, backend: str, threads: int, as_json: bool) -> None:
+           force: bool, rerank: bool, rerank_k: int | None, backend: str, codes: bool, shortlist: int | None,
+           threads: int, as_json: bool) -> None:
     """Search the bundle's gallery with a text or an image (numpy + onnxruntime only).
 
     Hits are ranked from 1; an image hit names the row of the bundle's gallery/images.npy that holds its pixels,
@@ -117,15 +134,20 @@ def search(bundle: str, text: str | None, image: str | None, k: int, modality: s
         raise click.UsageError("give exactly one of --text or --image")
     if grid is not None and grid.exists() and not force:
         raise click.UsageError(f"--grid {grid} exists; pass --force to replace it")
+    if shortlist is not None and not codes:
+        raise click.UsageError("--shortlist re-ranks the Hamming candidates of a code search: add --codes")
     set_threads(threads)
-    from exports.serving.runtime import Retriever, format_hits
+    from exports.serving.runtime import Retriever, format_hits, search_method
 
     retriever = Retriever.load(bundle, threads=threads, backend=backend)
     unknown = retriever.unknown_words(text)[0] if text is not None else []
     if unknown:
         click.echo(f"warning: the vocabulary does not know {', '.join(map(repr, unknown))}; those words are "
                    f"encoded as [UNK]", err=True)
-    options = {"k": k, "modality": modality, "rerank": rerank, "rerank_k": rerank_k}
+    if codes:
+        retriever.check_codes()
+    options = {"k": k, "modality": modality, "rerank": rerank, "rerank_k": rerank_k, "codes": codes,
+               "shortlist": shortlist}
     hits = retriever.search_text(text, **options) if text is not None else retriever.search_image(image, **options)
     query = {"text": text} if text is not None else {"image": image}
     if grid is not None:
@@ -136,11 +158,15 @@ def search(bundle: str, text: str | None, image: str | None, k: int, modality: s
         write_contact_sheet(grid, retriever, hits, query_text=text, query_image=query_pixels,
                             title=f"{Path(bundle).name}: top {len(hits)} of the gallery")
     if as_json:
-        click.echo(json.dumps({"query": query, "k": k, "rerank": rerank, "unknown_words": unknown,
+        method = {"method": search_method(codes, shortlist), "bits": retriever.code_bits if codes else None,
+                  "shortlist": shortlist}
+        click.echo(json.dumps({"query": query, "k": k, "search": method, "rerank": rerank, "unknown_words": unknown,
                                "grid": None if grid is None else str(grid),
                                "hits": [h.to_dict() for h in hits]}, indent=2))
     else:
-        click.echo(f"query: {text if text is not None else image}")
+        how = "" if not codes else f" ({search_method(codes, shortlist)}, {retriever.code_bits}-bit codes" + (
+            f", shortlist {shortlist})" if shortlist else ")")
+        click.echo(f"query: {text if text is not None else image}{how}")
         click.echo(format_hits(hits))
         if grid is not None:
             click.echo(f"contact sheet: {grid}")

@@ -14,7 +14,7 @@ def _edit_manifest(bundle, change):
 
 
 def test_a_pristine_bundle_reads(bundle):
-    assert read_manifest(bundle)["format_version"] == 1
+    assert read_manifest(bundle)["format_version"] == 2
 
 
 def test_a_changed_byte_is_refused(bundle):

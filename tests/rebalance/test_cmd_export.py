@@ -45,7 +45,7 @@ def indexed(run_and_data):
     result = _run("index", "--bundle", root / "bundle", "--data", root / "data", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == {"bundle": str(root / "bundle"), "images": 12, "captions": 60,
-                                         "pixels": True}
+                                         "pixels": True, "code_bits": None}
     return root / "bundle", root / "data", world
 
 
