@@ -241,18 +241,12 @@ def _measure(heads, e, probe: dict | None, shortlists) -> dict:
 
 def _probe_setup(student, tokenizer, split) -> dict | None:
     """The search probe's queries and their text embeddings (None when the split has no true attributes)."""
-    import torch
-
-    from rebalance_ref import probe
-    from rebalance_torch.evaluate import _encode_texts
+    from rebalance_torch.evaluate import probe_query_embeddings
 
     if split.attributes is None:
         return None
-    queries = probe.probe_queries()
-    ids, mask = tokenizer.encode([q.text for q in queries], max_len=student.config.max_len)
-    t, _, _ = _encode_texts(student, torch.as_tensor(ids, dtype=torch.int64), torch.as_tensor(mask, dtype=torch.int64),
-                            "cpu", 256, keep_tokens=False)
-    return {"queries": queries, "t": t.numpy(), "attributes": split.attributes}
+    queries, t = probe_query_embeddings(student, tokenizer)
+    return {"queries": queries, "t": t, "attributes": split.attributes}
 
 
 def _probe_p5(probe: dict, scores: np.ndarray) -> float:

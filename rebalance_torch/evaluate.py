@@ -311,23 +311,36 @@ def probe_student(student, split: CaptionedImages, tokenizer, v: np.ndarray | No
     """The search probe (`rebalance_ref.probe`) on a split with true attributes: every templated query ("a red
     circle", ...) through the student's text tower, the split's images ranked by cosine to it (`v` (N, D), the
     images' embeddings when already computed), precision@k per template as fractions in [0, 1] (not percent)."""
-    import torch
 
     from rebalance_ref import probe
 
     if split.attributes is None:
         return {}
+    queries, t = probe_query_embeddings(student, tokenizer, device)
+    if v is None:
+        was_training = student.training
+        student.eval()
+        v = encode_split(student, split, tokenizer, device=device, keep_tokens=False).v
+        student.train(was_training)
+    scores = t @ _unit(v).T  # (Q, N) cosines: both sides unit rows
+    return _probe_keys(probe.probe_precision(scores, queries, split.attributes, k=k), k)
+
+
+def probe_query_embeddings(student, tokenizer, device: str = "cpu") -> tuple[list, np.ndarray]:
+    """The search probe's templated queries (`rebalance_ref.probe.probe_queries`) and their unit text embeddings,
+    float32 (Q, D), through the student's text tower in eval mode (its mode is restored)."""
+    import torch
+
+    from rebalance_ref import probe
+
     queries = probe.probe_queries()
     ids, mask = tokenizer.encode([q.text for q in queries], max_len=student.config.max_len)
     was_training = student.training
     student.eval()
     t, _, _ = _encode_texts(student, torch.as_tensor(ids, dtype=torch.int64), torch.as_tensor(mask, dtype=torch.int64),
-                         device, 256, keep_tokens=False)
-    if v is None:
-        v = encode_split(student, split, tokenizer, device=device, keep_tokens=False).v
+                            device, 256, keep_tokens=False)
     student.train(was_training)
-    scores = t.numpy() @ _unit(v).T  # (Q, N) cosines: both sides unit rows
-    return _probe_keys(probe.probe_precision(scores, queries, split.attributes, k=k), k)
+    return queries, t.numpy()
 
 
 def probe_oracle(split: CaptionedImages, k: int = PROBE_K) -> dict[str, float]:
