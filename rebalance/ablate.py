@@ -174,6 +174,52 @@ def _log_result(result, log: Callable[[str], None], key=None) -> None:
             f"I2I attr {result['test'].get('attr_i2i@10', float('nan')):.2f}")
 
 
+def start_gradients(seed_dir: str | Path, config: TrainConfig, batches: int = 4) -> dict[str, dict[str, float]]:
+    """Stage 2's start under `config`'s objective: from the seed's stage-1 checkpoint, before any update, each
+    term's weighted gradient norm on the student's parameters and its cosine with ITC's gradient, averaged over
+    the first `batches` batches of stage 2 (`rebalance_torch.objective.term_gradients`)."""
+    import torch
+
+    from rebalance_ref.tokenizer import Tokenizer
+    from rebalance_torch.checkpoint import load_checkpoint, load_weights
+    from rebalance_torch.objective import build_objective, term_gradients
+    from rebalance_torch.prepare import build_student
+    from rebalance_torch.schedule import batch_rows
+
+    seed_dir = Path(seed_dir)
+    prepared = prepare(config, teachers=True, log=lambda _m: None,
+                       tokenizer=Tokenizer.load(seed_dir / "tokenizer.json"), teacher_cache=seed_dir / "teachers")
+    student = build_student(config, prepared.tokenizer)
+    path = checkpoint_path(seed_dir, 1, "best")
+    load_weights(student, load_checkpoint(path), path)
+    feats = prepared.teachers
+    objective = build_objective(student, config, feats.train_image.shape[1], feats.train_text.shape[1])
+    student.train()
+    sums: dict[str, list[float]] = {}
+    for step in range(batches):
+        rows = batch_rows(config.seed, 2, step, len(prepared.dataset), config.batch_size)
+        batch = prepared.collate([prepared.dataset[int(r)] for r in rows])
+        grads = term_gradients(student, objective, config, 2, batch.images, batch.ids, batch.mask, batch.image_idx,
+                               torch.from_numpy(feats.train_image[rows]), torch.from_numpy(feats.train_text[rows]),
+                               seed=step)
+        for name, g in grads.items():
+            cos = torch.nn.functional.cosine_similarity(g, grads["itc"], dim=0) if "itc" in grads else g.new_zeros(())
+            sums.setdefault(name, [0.0, 0.0])
+            sums[name][0] += float(g.norm()) / batches
+            sums[name][1] += float(cos) / batches
+    return {name: {"norm": norm, "cos_itc": cos} for name, (norm, cos) in sums.items()}
+
+
+def gradients_line(per_seed: dict[int, dict[str, dict[str, float]]]) -> str:
+    """One sentence: each term's weighted gradient norm and cosine with ITC, mean over seeds."""
+    names = list(next(iter(per_seed.values())))
+    parts = [f"{n.upper()} {statistics.fmean(g[n]['norm'] for g in per_seed.values()):.1f} (cos "
+             f"{statistics.fmean(g[n]['cos_itc'] for g in per_seed.values()):+.2f})" for n in names]
+    return ("Stage 2's start, the official objective (the stage-1 checkpoint before any update, the first 4 "
+            "batches, mean over seeds): each term's weighted gradient norm on the student, and its cosine with "
+            "ITC's gradient: " + ", ".join(parts) + ".")
+
+
 def paired_table(results: dict[str, dict[int, dict]], keys=TABLE_KEYS, against: str = "baseline") -> dict:
     """`{"baseline": {key: (mean, std)}, "diff": {condition: {key: (mean, std)}}}` over seeds, where a condition's
     value per seed is its metric minus the `against` row's metric of the same seed ("baseline" holds that row's
@@ -195,7 +241,7 @@ def paired_table(results: dict[str, dict[int, dict]], keys=TABLE_KEYS, against: 
 
 def table_markdown(table: dict, keys=TABLE_KEYS, against: str = "baseline") -> str:
     """The paired table as markdown: the `against` row absolute, then each condition − `against`; with a
-    "stage1" part (`run_ablation`), stage 1 absolute and each row − stage 1 below."""
+    "stage1" or "full" part (`run_ablation`), that row absolute and each row − it below."""
     cols = [(k, label) for k, label in keys if k in table["baseline"]]
     lines = ["| condition | " + " | ".join(label for _, label in cols) + " |", "|---|" + "---:|" * len(cols)]
 
@@ -207,26 +253,36 @@ def table_markdown(table: dict, keys=TABLE_KEYS, against: str = "baseline") -> s
                                                              for k, _ in cols) + " |")
 
     rows(table, against)
-    if "stage1" in table:
-        rows(table["stage1"], STAGE1)
+    for part, name in EXTRA_PARTS:
+        if part in table:
+            rows(table[part], name)
     return "\n".join(lines)
 
 
+# The parts of a paired table besides the one against the baseline: (key in the table, the row it is taken against).
+EXTRA_PARTS = (("stage1", STAGE1), ("full", "full"))
+
+
 def _tables(results: dict[str, dict[int, dict]], keys) -> dict:
-    """The paired table against the baseline and, when stage 1 was evaluated, its part against stage 1."""
-    table = paired_table({k: v for k, v in results.items() if k != STAGE1}, keys)
+    """The paired table against the baseline and, when present, its parts against stage 1 (every stage-2 row) and
+    against the official full objective (every other stage-2 row: what a remedy changes)."""
+    stage2 = {k: v for k, v in results.items() if k != STAGE1}
+    table = paired_table(stage2, keys)
     if results.get(STAGE1):
         table["stage1"] = paired_table(results, keys, against=STAGE1)
+    if stage2.get("full"):
+        table["full"] = paired_table(stage2, keys, against="full")
     return table
 
 
 def run_ablation(preset: str, seeds: int = 3, jobs: int = 2, out: str | Path | None = None,
                  base: TrainConfig | None = None, conditions: dict[str, dict] | None = None,
-                 log: Callable[[str], None] = print, keys=TABLE_KEYS, name: str = "ablate") -> dict:
+                 log: Callable[[str], None] = print, keys=TABLE_KEYS, name: str = "ablate",
+                 gradients: bool = False) -> dict:
     """Stage 1 per seed, then every condition per seed from it; returns (and writes) the paired tables over `keys`
     ((metric, label) pairs): `table` on the test split and `table_val` on the validation split, each against the
     baseline and (its "stage1" part) against stage 1. `name` names the job in the log and the files (`rebalance
-    compare` is one)."""
+    compare` is one). `gradients`: also measure each term's pull at the start of stage 2 (`start_gradients`)."""
     if seeds < 1 or jobs < 1:
         raise ValueError(f"seeds and jobs must be >= 1, got seeds={seeds}, jobs={jobs}")
     conditions = conditions or CONDITIONS
@@ -260,6 +316,8 @@ def run_ablation(preset: str, seeds: int = 3, jobs: int = 2, out: str | Path | N
         results[condition][s] = result["test"]
         results_val[condition][s] = result["val"]
     table, table_val = _tables(results, keys), _tables(results_val, keys)
+    grads = {s: start_gradients(d, base.replace(seed=s, teacher_dir=str(d / "teachers")))
+             for s, d in seed_dirs.items()} if gradients else {}
     elapsed = time.perf_counter() - tic
     labels = [(k, label) for k, label in keys if k in table["baseline"]]
     title = f"{preset}: condition − baseline, mean ± std over {seeds} seeds"
@@ -271,18 +329,22 @@ def run_ablation(preset: str, seeds: int = 3, jobs: int = 2, out: str | Path | N
                             ylabel="difference vs baseline (fraction or distance)")
     record = {"preset": preset, "seeds": seeds, "jobs": jobs, "config": base.to_dict(),
               "conditions": {k: v for k, v in conditions.items()}, "results": results, "table": table,
-              "results_val": results_val, "table_val": table_val, "seconds": {"total": elapsed},
+              "results_val": results_val, "table_val": table_val, "start_gradients": grads,
+              "seconds": {"total": elapsed},
               "code": code_version()}
     write_json_atomic(out / "ablation.json", record, indent=2)
     md, md_val = table_markdown(table, keys), table_markdown(table_val, keys)
     write_text_atomic(out / "ablation.md", f"# {name.capitalize()}: {preset}, {seeds} seeds\n\n"
                                          f"## Test split\n\n{md}\n\n"
                                          f"## Validation split (the one to choose on)\n\n{md_val}\n\n"
+                                         + (gradients_line(grads) + "\n\n" if grads else "") +
                                          f"Wall time {elapsed:.0f} s with {jobs} process(es).\n\n"
                                          f"![ablation](plots/ablation.png)\n"
                                          + ("![geometry](plots/geometry.png)\n"
                                             if (out / "plots" / "geometry.png").is_file() else ""))
     log("test split:\n" + md)
     log("validation split:\n" + md_val)
+    if grads:
+        log(gradients_line(grads))
     log(f"{name} {preset}: {elapsed:.0f} s")
     return record

@@ -270,6 +270,29 @@ def _teacher_terms(objective, config, w, v_all, t_all, idx_all, tau, z, image_fe
     return terms
 
 
+def term_gradients(student: Student, objective: Objective | None, config: TrainConfig, stage: int,
+                   images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, idx: torch.Tensor,
+                   image_feats: torch.Tensor | None = None, text_feats: torch.Tensor | None = None,
+                   seed: int = 0) -> dict[str, torch.Tensor]:
+    """Each weighted term's gradient on the student's parameters (τ aside), flattened: a (P,) vector per term with
+    a non-zero weight in `stage`. How hard, and in which direction, each term pulls the student (a diagnostic:
+    one backward pass per term; torch's RNG reseeded with `seed` before each, so every term sees the same ITM
+    negatives). A term that does not reach the student (KDI, KDT) gives zeros."""
+    params = [p for name, p in student.named_parameters() if name != "temp"]
+    field = "stage1_weights" if stage == 1 else "weights"
+    out: dict[str, torch.Tensor] = {}
+    for name in LOSS_NAMES:
+        if not config.weight(name, stage):
+            continue
+        alone = config.replace(**{field: {name: getattr(config, field)[name]}})
+        torch.manual_seed(seed)
+        loss, _ = compute_losses(student, objective, alone, stage, images, ids, mask, idx, image_feats, text_feats)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        out[name] = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
+                               for g, p in zip(grads, params, strict=True)])
+    return out
+
+
 def as_numbers(terms: dict[str, torch.Tensor], dist_ctx: DistContext | None = None) -> dict[str, float]:
     """The logged terms as Python floats (one read from the device for all of them); with several processes the
     loss terms are averaged over processes (the global terms agree already; ITM becomes the mean), while τ, λ, τ2

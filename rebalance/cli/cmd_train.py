@@ -294,7 +294,7 @@ def ablate_command(preset, seeds, jobs, out, fast, config_file, conditions, reme
     base = TrainConfig.load(config_file) if config_file else demo_config(fast=fast)
     record = run_ablation(preset, seeds=seeds, jobs=jobs, out=out or (f"runs/remedies-{preset}" if remedies else None),
                           base=base, conditions=chosen, keys=REMEDY_KEYS if remedies else TABLE_KEYS,
-                          log=_echo_err if as_json else click.echo)
+                          gradients=remedies, log=_echo_err if as_json else click.echo)
     if as_json:
         click.echo(json.dumps(record["table"], indent=2))
 

@@ -69,6 +69,9 @@ def test_every_condition_of_a_seed_starts_from_the_same_stage1(tmp_path):
     assert set(record["table_val"]["diff"]) == {"full"}
     assert record["results_val"]["full"][0] != record["results"]["full"][0]
     assert "| full − stage 1 |" in (tmp_path / "ablation.md").read_text()
+    assert "| baseline − full |" in (tmp_path / "ablation.md").read_text()   # what a change of "full" does
+    assert record["table"]["full"]["diff"]["baseline"]["cos_r_mean"][0] == pytest.approx(
+        -record["table"]["diff"]["full"]["cos_r_mean"][0])
     assert "## Validation split" in (tmp_path / "ablation.md").read_text()
     for seed in (0, 1):
         stage1 = tmp_path / f"seed{seed}" / "checkpoints" / "stage1-best.pt"
@@ -83,10 +86,15 @@ def test_every_condition_of_a_seed_starts_from_the_same_stage1(tmp_path):
     saved = json.loads((tmp_path / "ablation.json").read_text())
     assert saved["table"]["diff"]["full"]["cos_r_mean"][0] == pytest.approx(
         record["table"]["diff"]["full"]["cos_r_mean"][0])
-    # A second call reuses every finished condition instead of training again.
+    # A second call reuses every finished condition instead of training again (and measures the terms' pull).
     again = run_ablation("balanced", seeds=2, jobs=1, out=tmp_path, base=TINY, conditions=conditions,
-                         log=lines.append)
+                         log=lines.append, gradients=True)
     assert json.loads(json.dumps(again["table"])) == json.loads(json.dumps(record["table"]))
+    pull = again["start_gradients"][1]
+    assert set(pull) == {"itc", "itm", "iic", "ttc", "kd", "kdi", "kdt"}
+    assert pull["itc"]["cos_itc"] == pytest.approx(1.0, abs=1e-4) and pull["kd"]["norm"] > 0
+    assert pull["kdi"]["norm"] == 0.0   # KDI and KDT reach λ and τ2, not the student
+    assert "Stage 2's start, the official objective" in (tmp_path / "ablation.md").read_text()
 
 
 def test_bad_arguments_are_refused(tmp_path):
