@@ -138,9 +138,9 @@ class TrainConfig:
     # --- remedies for stage 2's start (docs/training.md, "Remedies"); the defaults are the official code's
     teacher_tau: str = "shared"      # IIC/TTC on the ITC τ (official) or on a τ of their own ("own")
     teacher_warmup: float = 0.0      # fraction of stage 2 in which the teacher terms train only their own
-    #                                  parameters (W_sv, W_st, λ, τ2): the student is detached in those terms
+    #                                  parameters (W_sv, W_st, λ, τ2, τ'): the student is detached in those terms
     teacher_ramp: float = 0.0        # fraction of stage 2 (after the warm-up) over which the teacher terms'
-    #                                  weights rise linearly from 0 to their full value
+    #                                  weights rise linearly (from 1/R of their value at its first step) to all of it
     teacher_scale: float = 1.0       # multiplies the weights of every teacher term (IIC, TTC, KD, KDI, KDT)
     # --- ALBEF momentum distillation, an option of stage 2's ITC (docs/momentum.md): the EMA coefficient m
     # (None = plain ITC), the queue of momentum features (rows), α and its linear warm-up (a fraction of stage 2)

@@ -142,7 +142,8 @@ def compute_losses(student: Student, objective: Objective | None, config: TrainC
                    dist_ctx: DistContext | None = None, itm_generator: torch.Generator | None = None,
                    teacher_phase: tuple[bool, float] = (False, 1.0)):
     """The weighted objective of `stage` on one batch: `(total, terms)`, terms a dict of detached 0-d tensors
-    (every term with a non-zero weight, "loss", τ, and λ, τ2 in stage 2). Terms with weight 0 are not computed.
+    (every term with a non-zero weight, "loss", τ, and λ, τ2 in stage 2, and "teacher_tau" with an own τ'). Terms
+    with weight 0 are not computed.
 
     Several processes (`dist_ctx`, see rebalance_torch.distributed; None = one process): the inputs are this
     process's rows of the global batch; ITC, IIC, TTC and the structure terms see the batch gathered from every

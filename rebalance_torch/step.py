@@ -3,9 +3,9 @@ all call, and the optimiser it updates.
 
 AdamW (β = (0.9, 0.98), eps 1e-8, weight decay except biases and LayerNorms, as the official optimiser); the
 learning rate is set per step by the caller (`rebalance_torch.schedule.lr_at`); gradients optionally clipped; τ
-(and the teacher terms' own τ', when the objective has one) clamped to `tau_clamp` after the update when
-set. The step reads nothing back from the device: its terms stay
-tensors until the caller turns them into numbers on a logged step (`rebalance_torch.objective.as_numbers`).
+(and the teacher terms' own τ', when the objective has one) clamped to `tau_clamp` after the update when set.
+The step reads nothing back from the device: its terms stay tensors until the caller turns them into numbers on
+a logged step (`rebalance_torch.objective.as_numbers`).
 """
 
 from __future__ import annotations
