@@ -40,7 +40,8 @@ OFFICIAL_OBJECTIVE = {"weights": OFFICIAL_WEIGHTS, "teacher_tau": "shared", "tea
 # Named recipes (docs/training.md, "Recipes"): stage 2's objective, set on top of any config by `with_recipe`.
 # `rebalanced` is ours: the official objective plus the remedies that measurably helped on validation in the
 # text-poor remedies ablation (docs/results.md, "Remedies"): IIC/TTC on their own τ (validation R-mean +0.78 ± 0.60
-# over the official objective, 3 seeds). Warm-up, ramp, lower teacher weights and KD on [v, t] did not.
+# over the official objective, 3 seeds; no change on image-poor and balanced). Warm-up, ramp, lower teacher
+# weights and KD on [v, t] did not help.
 RECIPES = {"official": OFFICIAL_OBJECTIVE,
            "rebalanced": {**OFFICIAL_OBJECTIVE, "teacher_tau": "own"}}
 IMAGE_TEACHERS = ("supervised", "ssl")
