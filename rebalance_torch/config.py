@@ -33,6 +33,17 @@ STRUCTURE_TERMS = ("kd", "kdi", "kdt")               # the structure-distillatio
 OFFICIAL_WEIGHTS = {"itc": 1.0, "itm": 2.0, "iic": 1.0, "ttc": 2.0, "kd": 2.0, "kdi": 1.0, "kdt": 1.0}
 STAGE1_WEIGHTS = {"itc": 1.0, "itm": 2.0}
 BASELINE_WEIGHTS = {"itc": 1.0, "itm": 2.0}
+# Stage 2's objective as the official code has it: its weights, IIC/TTC on the ITC τ, the teacher terms at full
+# weight from the first step, KD on the fused z. The `official` recipe is exactly this (and TrainConfig's default).
+OFFICIAL_OBJECTIVE = {"weights": OFFICIAL_WEIGHTS, "teacher_tau": "shared", "teacher_warmup": 0.0,
+                      "teacher_ramp": 0.0, "teacher_scale": 1.0, "student_relation": "fused"}
+# Named recipes (docs/training.md, "Recipes"): stage 2's objective, set on top of any config by `with_recipe`.
+# `rebalanced` is ours: the official objective plus the remedies that measurably helped on validation in the
+# text-poor remedies ablation (docs/results.md, "Remedies"): IIC/TTC on their own τ (validation R-mean +0.78 ± 0.60
+# over the official objective, 3 seeds; no change on image-poor and balanced). Warm-up, ramp, lower teacher
+# weights and KD on [v, t] did not help.
+RECIPES = {"official": OFFICIAL_OBJECTIVE,
+           "rebalanced": {**OFFICIAL_OBJECTIVE, "teacher_tau": "own"}}
 IMAGE_TEACHERS = ("supervised", "ssl")
 TAU2_MODES = ("learnable", "fixed")
 LAMBDA_MODES = ("unconstrained", "sigmoid")
@@ -43,13 +54,17 @@ ITM_NEGATIVES = ("local", "global")
 # ITM sampler: a caption identical (same token ids) to one of the image's own is never drawn as its negative
 # ("positive", a deviation from the official code) or may be ("negative", official: only the same image is excluded)
 ITM_DUPLICATES = ("positive", "negative")
+# The temperature of IIC and TTC: the ITC τ (official: both terms pull on τ itself) or a learnable τ of their own,
+# initialised from stage 1's τ at the start of stage 2 and clamped to `tau_clamp` like it.
+TEACHER_TAUS = ("shared", "own")
 DEVICES = ("cpu", "cuda")
 AUGMENTS = ("none", "mild")
 SELECT_ON = ("r_mean", "last")
 # The fields that take one of a few names, and those names (the CLI's choices come from here).
 CHOICES = {"preset": tuple(PRESETS), "distance": DISTANCES, "image_teacher": IMAGE_TEACHERS, "tau2": TAU2_MODES,
            "lam": LAMBDA_MODES, "student_relation": STUDENT_RELATIONS, "itm_negatives": ITM_NEGATIVES,
-           "itm_duplicates": ITM_DUPLICATES, "device": DEVICES, "select_on": SELECT_ON, "augment": AUGMENTS}
+           "itm_duplicates": ITM_DUPLICATES, "device": DEVICES, "select_on": SELECT_ON, "augment": AUGMENTS,
+           "teacher_tau": TEACHER_TAUS}
 
 
 def _check_weights(name: str, weights: dict) -> dict[str, float]:
@@ -121,6 +136,13 @@ class TrainConfig:
     student_relation: str = "fused"
     itm_negatives: str = "local"
     itm_duplicates: str = "positive"
+    # --- remedies for stage 2's start (docs/training.md, "Remedies"); the defaults are the official code's
+    teacher_tau: str = "shared"      # IIC/TTC on the ITC τ (official) or on a τ of their own ("own")
+    teacher_warmup: float = 0.0      # fraction of stage 2 in which the teacher terms train only their own
+    #                                  parameters (W_sv, W_st, λ, τ2, τ'): the student is detached in those terms
+    teacher_ramp: float = 0.0        # fraction of stage 2 (after the warm-up) over which the teacher terms'
+    #                                  weights rise linearly (from 1/R of their value at its first step) to all of it
+    teacher_scale: float = 1.0       # multiplies the weights of every teacher term (IIC, TTC, KD, KDI, KDT)
     # --- ALBEF momentum distillation, an option of stage 2's ITC (docs/momentum.md): the EMA coefficient m
     # (None = plain ITC), the queue of momentum features (rows), α and its linear warm-up (a fraction of stage 2)
     itc_momentum: float | None = None
@@ -164,11 +186,13 @@ class TrainConfig:
         if self.teacher_epochs is not None and (not isinstance(self.teacher_epochs, int) or self.teacher_epochs < 1):
             raise ValueError(f"teacher_epochs must be None or an integer >= 1, got {self.teacher_epochs!r}")
         for name, low, high in (("lr", 0.0, 1.0), ("weight_decay", 0.0, 10.0), ("warmup", 0.0, 1.0),
-                                ("tau2_init", 0.0, 100.0), ("mix_beta", 0.0, 100.0), ("mix_tau", 0.0, 100.0)):
+                                ("tau2_init", 0.0, 100.0), ("mix_beta", 0.0, 100.0), ("mix_tau", 0.0, 100.0),
+                                ("teacher_warmup", 0.0, 1.0), ("teacher_ramp", 0.0, 1.0),
+                                ("teacher_scale", 0.0, 100.0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
-            open_low = name in ("lr", "tau2_init", "mix_beta", "mix_tau")
+            open_low = name in ("lr", "tau2_init", "mix_beta", "mix_tau", "teacher_scale")
             if not (low <= value <= high) or (open_low and value == 0):
                 raise ValueError(f"{name} must lie in {'(' if open_low else '['}{low}, {high}], got {value!r}")
             setattr(self, name, float(value))
@@ -194,6 +218,9 @@ class TrainConfig:
                 raise ValueError(f"stage1_weights[{key!r}]: stage 1 has no teachers' terms; use only itc and itm")
         if not isinstance(self.model_overrides, dict):
             raise ValueError(f"model_overrides must be a dict, got {type(self.model_overrides).__name__}")
+        if self.teacher_warmup + self.teacher_ramp > 1:
+            raise ValueError(f"teacher_warmup + teacher_ramp must be <= 1 (fractions of stage 2, one after the "
+                             f"other), got {self.teacher_warmup} + {self.teacher_ramp}")
         self._check_methods()
 
     def _check_methods(self) -> None:
@@ -220,12 +247,25 @@ class TrainConfig:
 
     # --- derived ---------------------------------------------------------------------------------------------
     def weight(self, name: str, stage: int) -> float:
-        """The weight of loss `name` in `stage` (1 or 2); names not given weigh 0."""
-        return (self.stage1_weights if stage == 1 else self.weights).get(name, 0.0)
+        """The weight of loss `name` in `stage` (1 or 2); names not given weigh 0. In stage 2 a teacher term's
+        weight is `weights[name] · teacher_scale` (the ramp, which changes per step, is the trainer's)."""
+        if stage == 1:
+            return self.stage1_weights.get(name, 0.0)
+        return self.weights.get(name, 0.0) * (self.teacher_scale if name in TEACHER_TERMS else 1.0)
 
     def uses_teachers(self) -> bool:
         """True when stage 2 has any term that reads teacher features."""
         return self.stage2_steps > 0 and any(self.weights.get(k, 0.0) for k in TEACHER_TERMS)
+
+    def with_recipe(self, name: str) -> TrainConfig:
+        """A copy whose stage-2 objective is the named recipe's (`RECIPES`); every other field is kept."""
+        if name not in RECIPES:
+            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}; got {name!r}")
+        return self.replace(**{k: (dict(v) if isinstance(v, dict) else v) for k, v in RECIPES[name].items()})
+
+    def recipe(self) -> str | None:
+        """The name of the recipe this config's stage-2 objective equals, or None (a custom objective)."""
+        return next((name for name in RECIPES if self.with_recipe(name).to_dict() == self.to_dict()), None)
 
     def replace(self, **changes) -> TrainConfig:
         """A validated copy with some fields changed."""

@@ -8,14 +8,18 @@ One step on a batch of B caption rows (image index `idx`, teacher features `a`, 
                 momentum_itc against the EMA model's features [batch; queue] and targets α q + (1−α) g
     ITM       = itm(head(fuse(3B pairs)), labels): B positives, and per text one negative image and per image one
                 negative text drawn (no grad) from softmax(sim/τ) + 1e-5 with same-image entries set to 0
-    IIC, TTC  = single_contrast(v, W_sv a, τ, idx), single_contrast(t, W_st b, τ, idx)
+    IIC, TTC  = single_contrast(v, W_sv a, τ', idx), single_contrast(t, W_st b, τ', idx), τ' = τ (official,
+                `teacher_tau="shared"`) or the objective's own learnable τ' ("own", initialised from stage 1's τ)
     KD/KDI/KDT= structure terms of the student relation (fused z, or the projected [v, t]) vs λ·S(b) + (1−λ)·S(a)
     MoE aux   = with a mixture-of-experts student: importance, load, local and global routing entropy
                 (rebalance_torch.moe.auxiliary_terms), by name like every other term
     GCL       = gcl(W_v h_v, W_t h_t, τ, idx): the raw projections, fused inside (docs/gcl.md)
     M2MIX     = m2_mix(v, t, λ_mix, mix_tau, idx), λ_mix ~ Beta(mix_beta, mix_beta) drawn once per step from
                 torch's RNG, which the trainer reseeds every step (docs/mixup.md)
-    L         = Σ weight[name] · term[name]
+    L         = Σ weight[name] · term[name], a teacher term's weight times `teacher_scale` and, early in stage 2,
+                times the ramp factor; during the teacher warm-up the student (v, t, z and the ITC τ) enters the
+                teacher terms detached (their gradients reach W_sv, W_st, λ, τ2 and τ' only). Both come from
+                `schedule.teacher_phase`.
 
 The terms come back as detached 0-d tensors: turning them into Python numbers waits for the device, so the
 trainer does that only on the steps it logs (`as_numbers`).
@@ -30,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rebalance_torch import gcl, losses, mixup, moe
-from rebalance_torch.config import LOSS_NAMES, STRUCTURE_TERMS, TrainConfig
+from rebalance_torch.config import LOSS_NAMES, STRUCTURE_TERMS, TEACHER_TERMS, TrainConfig
 from rebalance_torch.distributed import DistContext
 from rebalance_torch.models import Student
 from rebalance_torch.momentum import MomentumDistill
@@ -38,8 +42,9 @@ from rebalance_torch.momentum import MomentumDistill
 
 class Objective(nn.Module):
     """Stage-2 parameters that are not the student's: teacher projections W_sv, W_st (IIC/TTC), the blend λ,
-    the relation temperature τ2, and for "wasserstein" the official teacher MLPs (feature → 2W → GELU → W).
-    Build it with `build_objective`, which reads every size from the student, the config and the teachers."""
+    the relation temperature τ2, with `teacher_tau="own"` IIC/TTC's own temperature τ', and for "wasserstein" the
+    official teacher MLPs (feature → 2W → GELU → W). Build it with `build_objective`, which reads every size from
+    the student, the config and the teachers (and τ' from the student's τ)."""
 
     def __init__(self, config: TrainConfig, embed_dim: int, relation_width: int, image_dim: int, text_dim: int):
         super().__init__()
@@ -60,6 +65,8 @@ class Objective(nn.Module):
             self.tau2_value = nn.Parameter(torch.tensor(float(config.tau2_init)))
         else:
             self.register_buffer("tau2_value", torch.tensor(float(config.tau2_init)))
+        # τ' of IIC/TTC when they do not share the ITC τ; `build_objective` sets it to the student's τ
+        self.teacher_temp = nn.Parameter(torch.tensor(0.07)) if config.teacher_tau == "own" else None
         self.momentum: MomentumDistill | None = None   # set by `build_objective` when itc_momentum is on
 
     def lam(self) -> torch.Tensor:
@@ -68,6 +75,16 @@ class Objective(nn.Module):
 
     def tau2(self) -> torch.Tensor:
         return self.tau2_value
+
+    def teacher_tau(self, tau: torch.Tensor) -> torch.Tensor:
+        """The temperature of IIC and TTC: the objective's own τ' if it has one, else the ITC τ given."""
+        return self.teacher_temp if self.teacher_temp is not None else tau
+
+    def clamp_(self, tau_clamp: list | None) -> None:
+        """Clamp τ' into `tau_clamp` (after each update, as the trainer clamps τ); nothing without τ'."""
+        if tau_clamp is not None and self.teacher_temp is not None:
+            with torch.no_grad():
+                self.teacher_temp.clamp_(*tau_clamp)
 
 
 def relation_width(student: Student, config: TrainConfig) -> int:
@@ -80,6 +97,9 @@ def build_objective(student: Student, config: TrainConfig, image_dim: int, text_
     With `itc_momentum`, it holds the momentum-distillation state, its EMA copy taken from `student` as it is now
     (stage 1's weights, when the trainer builds it)."""
     objective = Objective(config, student.config.embed_dim, relation_width(student, config), image_dim, text_dim)
+    if objective.teacher_temp is not None:   # τ' starts where stage 1 left τ
+        with torch.no_grad():
+            objective.teacher_temp.copy_(student.temp.detach())
     if config.itc_momentum is not None:
         objective.momentum = MomentumDistill(student, config.itc_momentum, config.itc_queue, config.itc_alpha,
                                              round(config.itc_alpha_warmup * config.stage2_steps), config.seed + 2)
@@ -119,9 +139,11 @@ def sample_itm_negatives(v: torch.Tensor, t: torch.Tensor, idx: torch.Tensor, ta
 def compute_losses(student: Student, objective: Objective | None, config: TrainConfig, stage: int,
                    images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, idx: torch.Tensor,
                    image_feats: torch.Tensor | None = None, text_feats: torch.Tensor | None = None,
-                   dist_ctx: DistContext | None = None, itm_generator: torch.Generator | None = None):
+                   dist_ctx: DistContext | None = None, itm_generator: torch.Generator | None = None,
+                   teacher_phase: tuple[bool, float] = (False, 1.0)):
     """The weighted objective of `stage` on one batch: `(total, terms)`, terms a dict of detached 0-d tensors
-    (every term with a non-zero weight, "loss", τ, and λ, τ2 in stage 2). Terms with weight 0 are not computed.
+    (every term with a non-zero weight, "loss", τ, and λ, τ2 in stage 2, and "teacher_tau" with an own τ'). Terms
+    with weight 0 are not computed.
 
     Several processes (`dist_ctx`, see rebalance_torch.distributed; None = one process): the inputs are this
     process's rows of the global batch; ITC, IIC, TTC and the structure terms see the batch gathered from every
@@ -131,6 +153,9 @@ def compute_losses(student: Student, objective: Objective | None, config: TrainC
     ctx = dist_ctx or DistContext()   # at world size 1 its gather and shard are the identity
     gather = ctx.gather
     w = {name: config.weight(name, stage) for name in LOSS_NAMES}
+    detached, factor = teacher_phase
+    if stage == 2 and factor != 1.0:   # a Python number: no read from the device
+        w.update({name: w[name] * factor for name in TEACHER_TERMS})
     tau = student.temp
     image_tokens, h_v = student.encode_image(images)
     text_tokens, h_t = student.encode_text(ids, mask)
@@ -153,8 +178,12 @@ def compute_losses(student: Student, objective: Objective | None, config: TrainC
     other, extra = _other_methods(student, config, w, h_v, h_t, v_all, t_all, idx_all, tau, gather)
     terms.update(other)
     if stage == 2 and objective is not None:
-        terms.update(_teacher_terms(objective, config, w, v_all, t_all, idx_all, tau, z, image_feats, text_feats,
-                                    gather))
+        teacher_tau = objective.teacher_tau(tau)
+        if detached:   # the teacher warm-up: these terms train the objective's parameters, not the student (nor τ)
+            v_all, t_all, z = v_all.detach(), t_all.detach(), z.detach() if z is not None else None
+            teacher_tau = teacher_tau.detach() if teacher_tau is tau else teacher_tau
+        terms.update(_teacher_terms(objective, config, w, v_all, t_all, idx_all, teacher_tau, z, image_feats,
+                                    text_feats, gather))
     total = sum(w[k] * value for k, value in terms.items())
     logged = {k: value.detach() for k, value in terms.items()}
     logged["loss"] = total.detach()
@@ -164,6 +193,8 @@ def compute_losses(student: Student, objective: Objective | None, config: TrainC
     if stage == 2 and objective is not None:
         logged["lam"] = objective.lam().detach().clone()
         logged["tau2"] = objective.tau2().detach().clone()
+        if objective.teacher_temp is not None:
+            logged["teacher_tau"] = objective.teacher_temp.detach().clone()
     if alpha is not None:
         logged["itc_alpha"] = alpha
     return total, logged
@@ -219,7 +250,8 @@ def _other_methods(student, config, w, h_v, h_t, v_all, t_all, idx_all, tau, gat
 
 def _teacher_terms(objective, config, w, v_all, t_all, idx_all, tau, z, image_feats, text_feats,
                    gather) -> dict[str, torch.Tensor]:
-    """IIC, TTC and the structure terms with a non-zero weight, over the global batch."""
+    """IIC, TTC (at temperature `tau`: the ITC τ or the objective's own) and the structure terms with a non-zero
+    weight, over the global batch."""
     terms: dict[str, torch.Tensor] = {}
     if w["iic"]:
         terms["iic"] = losses.single_contrast(v_all, gather(objective.image_teacher_proj(image_feats)), tau, idx_all)
@@ -239,6 +271,29 @@ def _teacher_terms(objective, config, w, v_all, t_all, idx_all, tau, z, image_fe
     return terms
 
 
+def term_gradients(student: Student, objective: Objective | None, config: TrainConfig, stage: int,
+                   images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, idx: torch.Tensor,
+                   image_feats: torch.Tensor | None = None, text_feats: torch.Tensor | None = None,
+                   seed: int = 0) -> dict[str, torch.Tensor]:
+    """Each weighted term's gradient on the student's parameters (τ aside), flattened: a (P,) vector per term with
+    a non-zero weight in `stage`. How hard, and in which direction, each term pulls the student (a diagnostic:
+    one backward pass per term; torch's RNG reseeded with `seed` before each, so every term sees the same ITM
+    negatives). A term that does not reach the student (KDI, KDT) gives zeros."""
+    params = [p for name, p in student.named_parameters() if name != "temp"]
+    field = "stage1_weights" if stage == 1 else "weights"
+    out: dict[str, torch.Tensor] = {}
+    for name in LOSS_NAMES:
+        if not config.weight(name, stage):
+            continue
+        alone = config.replace(**{field: {name: getattr(config, field)[name]}})
+        torch.manual_seed(seed)
+        loss, _ = compute_losses(student, objective, alone, stage, images, ids, mask, idx, image_feats, text_feats)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        out[name] = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
+                               for g, p in zip(grads, params, strict=True)])
+    return out
+
+
 def as_numbers(terms: dict[str, torch.Tensor], dist_ctx: DistContext | None = None) -> dict[str, float]:
     """The logged terms as Python floats (one read from the device for all of them); with several processes the
     loss terms are averaged over processes (the global terms agree already; ITM becomes the mean), while τ, λ, τ2
@@ -247,7 +302,7 @@ def as_numbers(terms: dict[str, torch.Tensor], dist_ctx: DistContext | None = No
     values = torch.stack([terms[k].double() for k in keys]).tolist() if keys else []  # exact for float32 too
     numbers = dict(zip(keys, values, strict=True))
     if dist_ctx is not None and dist_ctx.active:
-        shared = ("tau", "lam", "tau2", "itc_alpha")
+        shared = ("tau", "lam", "tau2", "teacher_tau", "itc_alpha")
         numbers = {**dist_ctx.mean({k: v for k, v in numbers.items() if k not in shared}),
                    **{k: v for k, v in numbers.items() if k in shared}}
     return numbers

@@ -29,3 +29,17 @@ def batch_rows(seed: int, stage: int, step: int, n_rows: int, batch_size: int) -
     epoch, position = divmod(step, per_epoch)
     order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(step_seed(seed, stage, epoch, 7)))
     return order[position * batch_size:(position + 1) * batch_size]
+
+
+def teacher_phase(step: int, total: int, warmup: float, ramp: float) -> tuple[bool, float]:
+    """Stage 2's teacher terms at `step` of `total`: (is the student detached in them, the factor on their
+    weights). The first round(`warmup`·total) steps train only the teacher terms' own parameters (W_sv, W_st, λ,
+    τ2, τ'), at full weight; over the next round(`ramp`·total) steps the factor rises linearly to 1 (1/R at the
+    ramp's first step, 1 at its last); then (False, 1.0), the official objective."""
+    warm = int(round(warmup * total))
+    if step < warm:
+        return True, 1.0
+    ramp_steps = int(round(ramp * total))
+    if step < warm + ramp_steps:
+        return False, (step - warm + 1) / ramp_steps
+    return False, 1.0

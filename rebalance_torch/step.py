@@ -3,8 +3,9 @@ all call, and the optimiser it updates.
 
 AdamW (β = (0.9, 0.98), eps 1e-8, weight decay except biases and LayerNorms, as the official optimiser); the
 learning rate is set per step by the caller (`rebalance_torch.schedule.lr_at`); gradients optionally clipped; τ
-clamped to `tau_clamp` after the update when set. The step reads nothing back from the device: its terms stay
-tensors until the caller turns them into numbers on a logged step (`rebalance_torch.objective.as_numbers`).
+(and the teacher terms' own τ', when the objective has one) clamped to `tau_clamp` after the update when set.
+The step reads nothing back from the device: its terms stay tensors until the caller turns them into numbers on
+a logged step (`rebalance_torch.objective.as_numbers`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 from rebalance_torch.config import TrainConfig
 from rebalance_torch.data import Batch
 from rebalance_torch.models import Student
+from rebalance_torch.objective import Objective
 
 
 def make_optimizer(modules: list[nn.Module], config: TrainConfig) -> torch.optim.AdamW:
@@ -36,16 +38,20 @@ def make_optimizer(modules: list[nn.Module], config: TrainConfig) -> torch.optim
 def train_step(step_losses: Callable, optimizer: torch.optim.Optimizer, student: Student, config: TrainConfig,
                batch: Batch, lr: float, image_feats: torch.Tensor | None = None,
                text_feats: torch.Tensor | None = None,
-               itm_generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+               itm_generator: torch.Generator | None = None, objective: Objective | None = None,
+               teacher_phase: tuple[bool, float] = (False, 1.0)) -> dict[str, torch.Tensor]:
     """Forward, backward and update on one batch already on the device; returns the detached terms.
 
     `step_losses(images, ids, mask, idx, image_feats, text_feats, itm_generator=...)` computes `(loss, terms)`:
     `rebalance_torch.objective.compute_losses` bound to the student, objective, config and stage, or the same
-    wrapped by DistributedDataParallel (`DistContext.data_parallel`)."""
+    wrapped by DistributedDataParallel (`DistContext.data_parallel`). `objective`: the stage-2 objective whose τ'
+    is clamped with τ; `teacher_phase`: this step's (detached, weight factor) of the teacher terms
+    (`rebalance_torch.schedule.teacher_phase`), passed on to `step_losses` in stage 2."""
     for group in optimizer.param_groups:
         group["lr"] = lr
+    extra = {"teacher_phase": teacher_phase} if teacher_phase != (False, 1.0) else {}
     loss, terms = step_losses(batch.images, batch.ids, batch.mask, batch.image_idx, image_feats, text_feats,
-                              itm_generator=itm_generator)
+                              itm_generator=itm_generator, **extra)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip is not None:
@@ -54,4 +60,6 @@ def train_step(step_losses: Callable, optimizer: torch.optim.Optimizer, student:
     if config.tau_clamp is not None:
         with torch.no_grad():
             student.temp.clamp_(*config.tau_clamp)
+    if objective is not None:
+        objective.clamp_(config.tau_clamp)
     return terms

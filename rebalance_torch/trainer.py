@@ -4,8 +4,10 @@ Stage 1 trains the student from scratch with `stage1_weights` (ITC + 2·ITM). St
 validation-best checkpoint and trains with `weights` (the full objective by default; ITC + ITM alone is the
 compute-matched baseline; any ablation is a choice of weights). New in stage 2, as in the official code: the
 trainable teacher projections `W_sv`, `W_st`, the blend weight λ (init 0.5), the relation temperature τ2 (init
-0.07), and for `distance="wasserstein"` the official teacher MLPs (`rebalance_torch.objective`). τ carries over
-from stage 1.
+0.07), with `teacher_tau="own"` the teacher terms' own τ' (init: stage 1's τ), and for `distance="wasserstein"`
+the official teacher MLPs (`rebalance_torch.objective`). τ carries over from stage 1. The remedies
+`teacher_warmup` / `teacher_ramp` set, per step, whether the teacher terms reach the student and at what weight
+(`rebalance_torch.schedule.teacher_phase`).
 
 Every step reseeds torch's RNG from (seed, stage, step) and each epoch's batch order is a seeded permutation
 (`rebalance_torch.schedule`), so a run resumed from a checkpoint replays exactly what an uninterrupted run would
@@ -41,7 +43,7 @@ from rebalance_torch.models import Student
 from rebalance_torch.objective import as_numbers, build_objective, compute_losses
 from rebalance_torch.prepare import Prepared, build_student, prepare
 from rebalance_torch.runlog import Progress, RunLog, SilentLog
-from rebalance_torch.schedule import batch_rows, lr_at, step_seed
+from rebalance_torch.schedule import batch_rows, lr_at, step_seed, teacher_phase
 from rebalance_torch.step import make_optimizer, train_step
 
 # Fields an `init` checkpoint must share with the run it starts: they fix the data, vocabulary and model.
@@ -102,7 +104,10 @@ class _Stage:
             itm_generator = torch.Generator(device=self.device).manual_seed(step_seed(config.seed, self.stage,
                                                                                        step, 3))
         lr = lr_at(step, self.total, config.warmup, config.lr)
-        return train_step(self.step_losses, self.optimizer, self.student, config, batch, lr, a, b, itm_generator)
+        phase = (teacher_phase(step, self.total, config.teacher_warmup, config.teacher_ramp) if self.stage == 2
+                 else (False, 1.0))
+        return train_step(self.step_losses, self.optimizer, self.student, config, batch, lr, a, b, itm_generator,
+                          objective=self.objective, teacher_phase=phase)
 
     def checkpoint(self, run_dir: Path, done: int, best: dict, val: dict, kinds: tuple[str, ...]) -> None:
         state = ckpt.training_state(self.config, self.student, self.objective, self.optimizer, self.stage, done,

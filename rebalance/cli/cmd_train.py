@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from rebalance.cli.options import json_option, seed_option, set_threads, threads_option
-from rebalance_torch.config import CHOICES, DEVICES, TrainConfig, parse_weights
+from rebalance_torch.config import CHOICES, DEVICES, RECIPES, TrainConfig, parse_weights
 
 _DEVICE = click.option("--device", type=click.Choice(DEVICES), default=None,
                        help="Where to train/evaluate (default cpu; cuda when asked for and present).")
@@ -34,6 +34,9 @@ def _silent(_message: str) -> None:
     """The log of a --quiet run: nothing on the terminal (the run folder's log.txt still holds every line)."""
 
 
+_RECIPE = click.option("--recipe", type=click.Choice(tuple(RECIPES)), default=None,
+                       help="Stage 2's objective: official (the paper's code) or rebalanced (ours: the remedies "
+                            "that helped on validation, docs/training.md); other options override it.")
 _QUIET = click.option("--quiet", is_flag=True,
                       help="No progress bar and no progress lines on stderr (log.txt in the run folder keeps them).")
 
@@ -73,6 +76,13 @@ _CONFIG_OPTIONS = (
                             "gathered batch."),
     ("mix_beta", None, "m²-Mix (weight m2mix): λ ~ Beta(β, β) drawn once per step."),
     ("mix_tau", None, "m²-Mix: the fixed temperature of the mixed hard-negative loss."),
+    ("teacher_tau", None, "Temperature of IIC/TTC: the ITC τ (shared, official) or their own learnable τ "
+                          "(own, initialised from stage 1's τ)."),
+    ("teacher_warmup", None, "Fraction of stage 2 in which the teacher terms train only their own parameters "
+                             "(the student detached in them); 0 = official."),
+    ("teacher_ramp", None, "Fraction of stage 2 (after the warm-up) over which the teacher terms' weights rise "
+                           "linearly from 0; 0 = official."),
+    ("teacher_scale", None, "Multiplier on the teacher terms' weights (IIC, TTC, KD, KDI, KDT); 1 = official."),
 )
 _PATH_FIELDS = ("data_dir", "teacher_dir")
 
@@ -123,6 +133,7 @@ def _parse_stages(text: str) -> tuple[int, ...]:
 @click.option("--weights", "weights", help="Stage-2 loss weights by name, e.g. 'itc=1,itm=2,iic=1,ttc=2,kd=2'; "
               "names left out weigh 0. Default: the official 1,2,1,2,2,1,1.")
 @click.option("--tau-clamp", help="Clamp τ to LOW,HIGH after each step, or 'none' (official: none).")
+@_RECIPE
 @click.option("--stages", default="1,2", show_default=True, help="Which stages to run: 1, 2 or 1,2.")
 @click.option("--init", type=click.Path(dir_okay=False, exists=True),
               help="Start stage 2 from this stage-1 checkpoint (e.g. another run's checkpoints/stage1-best.pt).")
@@ -135,7 +146,7 @@ def _parse_stages(text: str) -> tuple[int, ...]:
 @threads_option
 @_QUIET
 @json_option
-def train_command(out, config_file, weights, tau_clamp, stages, init, resume, backend, seed, threads, quiet,
+def train_command(out, config_file, weights, tau_clamp, recipe, stages, init, resume, backend, seed, threads, quiet,
                   as_json, **options):
     """Train a student: stage 1 (ITC + 2·ITM), then stage 2 (the full objective, or --weights).
 
@@ -152,6 +163,8 @@ def train_command(out, config_file, weights, tau_clamp, stages, init, resume, ba
         config = TrainConfig.load(Path(out) / "config.json")
     else:
         config = TrainConfig()
+    if recipe is not None:
+        config = config.with_recipe(recipe)
     changes = {k: v for k, v in options.items() if v is not None}
     if weights is not None:
         changes["weights"] = parse_weights(weights)
@@ -214,12 +227,15 @@ def eval_command(run_dir, which, split, device, threads, as_json):
 @click.option("--fast", is_flag=True, help="A smaller, quicker demo (≤ 45 s on 2 cores) for CI and tutorials.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run folder (default runs/demo, or runs/demo-fast with --fast); must not hold a run yet.")
+@click.option("--recipe", type=click.Choice(tuple(RECIPES)), default=None,
+              help="The full run's stage-2 objective: official (the paper's code) or rebalanced (ours, "
+                   "docs/training.md). Default: the demo's own (rebalance.demo.DEMO_RECIPE).")
 @seed_option
 @_DEVICE
 @threads_option
 @_QUIET
 @json_option
-def demo_command(fast, out, seed, device, threads, quiet, as_json):
+def demo_command(fast, out, recipe, seed, device, threads, quiet, as_json):
     """The main job: data -> teachers -> stage 1 -> baseline and full stage 2 -> evaluation, in one folder."""
     from rebalance.demo import print_summary, run_demo
 
@@ -227,7 +243,7 @@ def demo_command(fast, out, seed, device, threads, quiet, as_json):
     _check_device(device)
     out = out or ("runs/demo-fast" if fast else "runs/demo")
     results = run_demo(out, fast=fast, seed=seed, device=device or "cpu", threads=threads,
-                       log=_silent if quiet else _echo_err, progress=not (as_json or quiet))
+                       log=_silent if quiet else _echo_err, progress=not (as_json or quiet), recipe=recipe)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
@@ -250,17 +266,24 @@ def demo_command(fast, out, seed, device, threads, quiet, as_json):
 @click.option("--conditions", default=None,
               help="Comma-separated subset of: baseline, +IIC,TTC (write +IIC/TTC), +KD, full, projected. "
                    "Default: all five.")
+@click.option("--remedies", is_flag=True,
+              help="Instead of the terms: the official full objective beside each remedy for stage 2's start "
+                   "(own τ, warm-up, ramp, lower teacher weights, KD on [v,t]), one at a time.")
 @json_option
-def ablate_command(preset, seeds, jobs, out, fast, config_file, conditions, as_json):
-    """Baseline / +IIC,TTC / +KD / full / full with KD on [v,t]: paired differences vs baseline over seeds."""
-    from rebalance.ablate import CONDITIONS, run_ablation
+def ablate_command(preset, seeds, jobs, out, fast, config_file, conditions, remedies, as_json):
+    """Baseline / +IIC,TTC / +KD / full / full with KD on [v,t] (or, with --remedies, the full objective and each
+    remedy): paired differences vs baseline and vs stage 1 over seeds, on the test and validation splits."""
+    from rebalance.ablate import CONDITIONS, REMEDIES, REMEDY_KEYS, TABLE_KEYS, run_ablation
     from rebalance.demo import demo_config
     from rebalance_torch.config import TrainConfig
 
     set_threads(1)
     aliases = {"baseline": "baseline", "+iic/ttc": "+IIC,TTC", "+kd": "+KD", "full": "full",
                "projected": "full, KD on [v,t]"}
-    chosen = None
+    chosen = REMEDIES if remedies else None
+    if conditions is not None and remedies:
+        raise click.BadParameter("--conditions and --remedies are two different sets; give one",
+                                 param_hint="--remedies")
     if conditions is not None:
         names = [c.strip().lower() for c in conditions.split(",") if c.strip()]
         unknown = [c for c in names if c not in aliases]
@@ -269,8 +292,9 @@ def ablate_command(preset, seeds, jobs, out, fast, config_file, conditions, as_j
                                      f"baseline; got {conditions!r}", param_hint="--conditions")
         chosen = {aliases[c]: CONDITIONS[aliases[c]] for c in names}
     base = TrainConfig.load(config_file) if config_file else demo_config(fast=fast)
-    record = run_ablation(preset, seeds=seeds, jobs=jobs, out=out, base=base, conditions=chosen,
-                          log=_echo_err if as_json else click.echo)
+    record = run_ablation(preset, seeds=seeds, jobs=jobs, out=out or (f"runs/remedies-{preset}" if remedies else None),
+                          base=base, conditions=chosen, keys=REMEDY_KEYS if remedies else TABLE_KEYS,
+                          gradients=remedies, log=_echo_err if as_json else click.echo)
     if as_json:
         click.echo(json.dumps(record["table"], indent=2))
 

@@ -14,7 +14,9 @@ def trained(tmp_path_factory):
     TINY.save(config)
     run = folder / "run"
     result = CliRunner().invoke(cli, ["train", "--config", str(config), "--out", str(run), "--stage2-steps", "3",
-                                      "--weights", "itc=1,itm=2,iic=1,kd=2", "--json"], catch_exceptions=False)
+                                      "--recipe", "official", "--weights", "itc=1,itm=2,iic=1,kd=2",
+                                      "--teacher-tau", "own", "--teacher-warmup", "0.34", "--teacher-scale", "0.5",
+                                      "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return folder, run, json.loads(result.stdout)
 
@@ -24,6 +26,10 @@ def test_train_writes_a_run_with_the_options_applied(trained):
     config = json.loads((run / "config.json").read_text())
     assert config["stage2_steps"] == 3 and config["weights"] == {"itc": 1.0, "itm": 2.0, "iic": 1.0, "kd": 2.0}
     assert config["n_train"] == TINY.n_train  # from --config
+    # the remedies' flags come from TrainConfig (names and choices), and override the recipe
+    assert (config["teacher_tau"], config["teacher_warmup"], config["teacher_scale"]) == ("own", 0.34, 0.5)
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("teacher_tau" in row for row in logged if row.get("stage") == 2)
     assert set(summary["test"]) >= {"cos_r_mean", "itm_r_mean", "attr_i2i@10", "rouge_t2it@50"}
 
 
@@ -49,6 +55,10 @@ def test_resume_of_a_finished_run_does_no_more_training(trained):
     (["--stages", "3"], "expected 1, 2 or 1,2"),
     (["--lr", "-1"], "lr must lie in"),
     (["--tau-clamp", "0.5,0.1"], "tau_clamp"),
+    (["--teacher-tau", "separate"], "'separate' is not one of 'shared', 'own'"),
+    (["--teacher-scale", "0"], "teacher_scale must lie in"),
+    (["--teacher-warmup", "0.7", "--teacher-ramp", "0.7"], "teacher_warmup + teacher_ramp must be <= 1"),
+    (["--recipe", "paper"], "'paper' is not one of 'official', 'rebalanced'"),
 ])
 def test_bad_train_options_fail_with_a_clear_message(trained, args, message):
     folder, _, _ = trained
@@ -101,6 +111,12 @@ def test_ablate_refuses_unknown_conditions(trained):
     result = CliRunner().invoke(cli, ["ablate", "--preset", "balanced", "--conditions", "full,magic"],
                                 catch_exceptions=False)
     assert result.exit_code == 2 and "including baseline" in result.output
+
+
+def test_ablate_takes_the_terms_or_the_remedies_not_both(trained):
+    result = CliRunner().invoke(cli, ["ablate", "--preset", "balanced", "--conditions", "baseline,full",
+                                      "--remedies"], catch_exceptions=False)
+    assert result.exit_code == 2 and "give one" in result.output
 
 
 def test_python_m_rebalance_is_the_command_line():

@@ -6,7 +6,7 @@ import torch
 from click.testing import CliRunner
 
 from rebalance.cli.main import cli
-from rebalance.demo import FAST, demo_config, summarise
+from rebalance.demo import DEMO_RECIPE, FAST, demo_config, full_name, summarise
 from rebalance_torch.checkpoint import load_student
 
 
@@ -22,22 +22,24 @@ def demo(tmp_path_factory):
 def test_demo_fast_runs_end_to_end_into_one_folder(demo):
     out, stdout = demo
     results = json.loads((out / "results.json").read_text())
-    assert list(results["rows"]) == ["stage 1 (ITC + 2·ITM)", "stage 2 baseline (ITC + 2·ITM)",
-                                     "stage 2 full objective"]
+    full_row = full_name(demo_config(fast=True))   # "stage 2 full objective, rebalanced recipe"
+    assert full_row.startswith("stage 2 full objective") and (DEMO_RECIPE in full_row) == (DEMO_RECIPE != "official")
+    assert list(results["rows"]) == ["stage 1 (ITC + 2·ITM)", "stage 2 baseline (ITC + 2·ITM)", full_row]
     for row in results["rows"].values():
         assert 0 <= row["cos_r_mean"] <= 100 and 0 <= row["attr_i2i@10"] <= 100
     diff = results["full_minus_baseline"]
-    full, base = results["rows"]["stage 2 full objective"], results["rows"]["stage 2 baseline (ITC + 2·ITM)"]
+    full, base = results["rows"][full_row], results["rows"]["stage 2 baseline (ITC + 2·ITM)"]
     assert diff["attr_i2i@10"] == pytest.approx(full["attr_i2i@10"] - base["attr_i2i@10"])
     assert set(results["phases_s"]) >= {"data", "teachers", "stage1", "stage2 baseline", "stage2 full", "eval",
                                         "total"}
     assert results["config"] == demo_config(fast=True).to_dict()
+    assert results["config"]["teacher_tau"] == demo_config(fast=True, recipe=DEMO_RECIPE).teacher_tau
     for name in ("results.md", "report.md", "plots/full_vs_baseline.png", "plots/traces.png", "plots/relations.png",
                  "plots/search.png",
                  "plots/modality_gap.png", "baseline/plots/relations.png", "baseline/plots/modality_gap.png",
                  "teacher_check.json", "baseline/eval.json", "teachers/report.json", "bundle/manifest.json"):
         assert (out / name).is_file(), name
-    assert "| stage 2 full objective |" in stdout and "Full vs baseline:" in stdout
+    assert f"| {full_row} |" in stdout and "Full vs baseline:" in stdout
     search = results["search"]  # the exported bundle answered one query through onnxruntime
     assert len(search["hits"]) == 5 and search["query"] in stdout
     # the showcase search answers a text with images, ranked from 1, each shown from the bundle in the run folder
@@ -71,6 +73,14 @@ def test_the_demo_folder_loads_as_the_full_run_and_its_baseline(demo):
     _, baseline_config, _ = load_student(out / "baseline")
     assert baseline_config.weights == {"itc": 1.0, "itm": 2.0}
     assert tokenizer.vocab_size == student.config.vocab_size
+
+
+def test_the_demo_takes_the_official_recipe_one_flag_away():
+    official, ours = demo_config(recipe="official"), demo_config()
+    assert official.recipe() == "official" and ours.recipe() == DEMO_RECIPE
+    assert official.replace(**{k: getattr(ours, k) for k in ("teacher_tau", "teacher_warmup", "teacher_ramp",
+                                                             "teacher_scale")}) == ours  # stage 2's objective only
+    assert full_name(official) == "stage 2 full objective"
 
 
 def test_summary_names_each_claim():

@@ -32,7 +32,7 @@ def batch_and_tokenizer():
     return Collate()([dataset[int(r)] for r in batch_rows(0, 2, 0, len(dataset), 8)]), tokenizer
 
 
-def _step(config, batch, tokenizer, stage):
+def _step(config, batch, tokenizer, stage, phase=(False, 1.0)):
     torch.manual_seed(0)
     student = build_student(config, tokenizer)
     objective = build_objective(student, config, 6, 5) if stage == 2 else None
@@ -41,7 +41,8 @@ def _step(config, batch, tokenizer, stage):
     a = torch.from_numpy(rng.standard_normal((8, 6), dtype=np.float32))
     b = torch.from_numpy(rng.standard_normal((8, 5), dtype=np.float32))
     step_losses = functools.partial(compute_losses, student, objective, config, stage)
-    return lambda: train_step(step_losses, optimizer, student, config, batch, config.lr, a, b), student
+    return lambda: train_step(step_losses, optimizer, student, config, batch, config.lr, a, b, objective=objective,
+                              teacher_phase=phase), student
 
 
 def _count_reads(monkeypatch, run) -> list[str]:
@@ -66,20 +67,24 @@ def _count_reads(monkeypatch, run) -> list[str]:
 # The methods' options: momentum distillation (its EMA, queue and α warm-up) and a mixture-of-experts student
 # (routing with capacity, its auxiliary terms).
 MOD = {"itc_momentum": 0.99, "itc_queue": 16}
+# The remedies (docs/training.md): the teacher terms' own τ', in the detached warm-up and in the weight ramp.
+OWN_TAU = {"teacher_tau": "own", "teacher_scale": 0.5}
 MOE = {"model_overrides": {**SMALL_MODEL, "moe": {"experts": 4, "top_k": 2}},
        "weights": {"itc": 1, "itm": 2, "moe_importance": 0.01, "moe_load": 0.01, "moe_local": 0.01,
                    "moe_global": 0.01}}
 
 
-@pytest.mark.parametrize("stage, weights, relation, options", [
-    (1, None, "fused", {}), (2, None, "fused", {}), (2, None, "projected", {}), (2, BASELINE_WEIGHTS, "fused", {}),
-    (2, BASELINE_WEIGHTS, "fused", MOD), (2, None, "fused", MOD), (2, None, "fused", MOE), (1, None, "fused", MOE)])
+@pytest.mark.parametrize("stage, weights, relation, options, phase", [
+    (1, None, "fused", {}, None), (2, None, "fused", {}, None), (2, None, "projected", {}, None),
+    (2, BASELINE_WEIGHTS, "fused", {}, None), (2, BASELINE_WEIGHTS, "fused", MOD, None), (2, None, "fused", MOD, None),
+    (2, None, "fused", MOE, None), (1, None, "fused", MOE, None), (2, None, "fused", OWN_TAU, (True, 1.0)),
+    (2, None, "projected", OWN_TAU, (False, 0.25))])
 def test_a_step_that_does_not_log_reads_nothing_back_from_the_device(monkeypatch, batch_and_tokenizer, stage,
-                                                                     weights, relation, options):
+                                                                     weights, relation, options, phase):
     batch, tokenizer = batch_and_tokenizer
     config = TrainConfig(**{"model_overrides": SMALL_MODEL, "batch_size": 8, "student_relation": relation,
                             **({"weights": dict(weights)} if weights else {}), **options})
-    step, _ = _step(config, batch, tokenizer, stage)
+    step, _ = _step(config, batch, tokenizer, stage, phase or (False, 1.0))
     step()  # warm-up, and the checked first step of a stage
     with input_checks.skipped():
         calls = _count_reads(monkeypatch, step)
