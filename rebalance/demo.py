@@ -38,7 +38,7 @@ from rebalance_torch.evaluate import HEADLINE, markdown_table, probe_oracle, pro
 from rebalance_torch.prepare import prepare
 from rebalance_torch.runlog import read_metrics
 
-# The default demo is TrainConfig's defaults: text-poor, 1000/200/500 images, 500 + 250 steps at batch 64, ≤ 180 s
+# The default demo is TrainConfig's defaults: text-poor, 4000/200/500 images, 1000 + 250 steps at batch 64, ≤ 180 s
 # on an idle 2-core CPU (seed 0 of the text-poor ablation's baseline and full conditions).
 # `fast`: ≤ 45 s, for CI and the tutorials (a smaller world, fewer steps; a look at the pipeline, not a result).
 FAST = dict(preset="text-poor", n_train=300, n_val=100, n_test=100, stage1_steps=100, stage2_steps=50,

@@ -103,7 +103,7 @@ class TrainConfig:
     # --- data: the synthetic shapes world (preset) or a folder written by `rebalance data make` / Karpathy-style
     preset: str = "text-poor"
     data_dir: str | None = None
-    n_train: int = 1000
+    n_train: int = 4000           # 4000, not 1000: +10 validation R-mean at 500 steps (docs/models.md)
     n_val: int = 200
     n_test: int = 500
     image_size: int = 32
@@ -117,7 +117,7 @@ class TrainConfig:
     model: str = "tiny"
     model_overrides: dict = field(default_factory=dict)
     # --- optimisation (AdamW; linear warm-up for `warmup` of the stage's steps, then linear decay to 0)
-    stage1_steps: int = 500
+    stage1_steps: int = 1000      # stage 1 until validation recall levels off (docs/models.md)
     stage2_steps: int = 250
     batch_size: int = 64
     lr: float = 1e-3
