@@ -1,6 +1,6 @@
 """How ambiguous a shapes world's captions are, and what that does to ITM's labels (docs/data.md, "Ambiguity").
 
-- `oracle_report(preset, ...)`: per split, the literal and the count-aware oracles' expected cross-modal recall
+- `oracle_report(preset, ...)`: per split, the literal and the Bayes oracles' expected cross-modal recall
   and the ambiguity statistics (`rebalance_ref.ambiguity`), from the captions' mentions alone (no images rendered);
 - `itm_label_noise(run_dir, ...)`: on a trained run, training batches drawn as the trainer draws them, the run's
   student (eval mode) picking ITM hard negatives with `sample_itm_negatives`, and the share of those negative
@@ -14,7 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rebalance_ref.ambiguity import ambiguity_stats, caption_match_counts, likelihood_oracle_recall, oracle_recall
+from rebalance_ref.ambiguity import (
+    ambiguity_stats,
+    bayes_oracle_recall,
+    caption_match_counts,
+    itm_noise_floor,
+    oracle_recall,
+)
 from rebalance_ref.shapes import SPLITS, get_knobs, split_mentions
 
 
@@ -54,13 +60,13 @@ def split_matches(preset, n_train: int, n_val: int, n_test: int, seed: int = 0,
 
 def oracle_report(preset, n_train: int, n_val: int, n_test: int, seed: int = 0,
                   splits=("val", "test")) -> dict[str, dict]:
-    """Per split: {"literal": the literal oracle's R@1/5/10 and R-mean (percent), "count_aware": the count-aware
+    """Per split: {"literal": the literal oracle's R@1/5/10 and R-mean (percent), "bayes": the Bayes
     oracle's, "ambiguity": `ambiguity_stats`, "n_images", "n_captions"}."""
     drop_object = get_knobs(preset).drop_object
     out = {}
     for split, m in split_matches(preset, n_train, n_val, n_test, seed, splits).items():
         out[split] = {"literal": oracle_recall(m.matches, m.txt2img),
-                      "count_aware": likelihood_oracle_recall(m.counts, m.n_mentions, m.n_objects, drop_object,
+                      "bayes": bayes_oracle_recall(m.counts, m.n_mentions, m.n_objects, drop_object,
                                                               m.txt2img),
                       "ambiguity": ambiguity_stats(m.matches, m.txt2img),
                       "n_images": int(m.counts.shape[1]), "n_captions": int(m.counts.shape[0])}
@@ -73,7 +79,9 @@ def itm_label_noise(run_dir, which: str = "stage1-best", batches: int = 200, dev
 
     Keys: "hard_text_to_image" (for each caption, the image `sample_itm_negatives` draws), "hard_image_to_text"
     (for each image, the caption drawn), "hard" (both), "train_ambiguity" (`ambiguity_stats` of the training
-    captions), and "random_*" the expected shares for a negative drawn
+    captions), "itm_noise_floor" (`rebalance_ref.ambiguity.itm_noise_floor` of the hard share: the ITM loss
+    that label noise alone forces), "stage1_itm_loss" (the run's last logged stage-1 ITM loss), and "random_*" the
+    expected shares for a negative drawn
     uniformly among the batch's rows the sampler allows (other images; not an exact-duplicate caption when the run
     treats those as positives). The student is the run's `which` checkpoint in eval mode, throughout: the trainer's
     student changed along the way, so the hard shares are those of the trained student's sampler."""
@@ -117,6 +125,9 @@ def itm_label_noise(run_dir, which: str = "stage1-best", batches: int = 200, dev
             for key, pairs in (("t2i", true_pair), ("i2t", true_pair.T)):   # rows: the anchor, columns: candidates
                 ok = allowed.sum(1) > 0
                 rand[key].append((pairs & allowed).sum(1)[ok] / allowed.sum(1)[ok])
+    from rebalance.report import last_itm_loss
+    from rebalance_torch.runlog import read_metrics
+
     pct = {k: 100.0 * float(np.mean(np.concatenate(v))) for k, v in hard.items()}
     rnd = {k: 100.0 * float(np.mean(np.concatenate(v))) for k, v in rand.items()}
     return {"run": str(run_dir), "which": which, "preset": config.preset, "batches": int(len(steps)),
@@ -125,4 +136,6 @@ def itm_label_noise(run_dir, which: str = "stage1-best", batches: int = 200, dev
             "hard_text_to_image": pct["t2i"], "hard_image_to_text": pct["i2t"],
             "hard": (pct["t2i"] + pct["i2t"]) / 2.0,
             "random_text_to_image": rnd["t2i"], "random_image_to_text": rnd["i2t"],
-            "random": (rnd["t2i"] + rnd["i2t"]) / 2.0}
+            "random": (rnd["t2i"] + rnd["i2t"]) / 2.0,
+            "itm_noise_floor": itm_noise_floor((pct["t2i"] + pct["i2t"]) / 200.0),
+            "stage1_itm_loss": last_itm_loss(read_metrics(run_dir), 1)}

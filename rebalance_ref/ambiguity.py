@@ -5,14 +5,17 @@ Caption c is *true of* image n when its mentioned objects can be matched to dist
 every stated attribute equal. A terse caption ("a red triangle") is true of every image holding a red triangle;
 a caption with a noisy word may be false of its own image.
 
-The *caption-content oracle* (literal) scores caption c against image n by 1 when c is true of n, else 0, and
-breaks ties uniformly at random: it knows everything the caption states and nothing more. Relation phrases are
-checked ("a red circle left of a blue square": the circle's column is left of the square's). It is not a ceiling
-for a learner: a learner also picks up how the generator writes captions, above all how often it leaves a whole
-object out (the balanced world never does, so there a caption naming two objects is never about a three-object
-scene). The *count-aware oracle* adds that one habit: it ranks the images a caption is true of by the
-likelihood that the generator wrote the caption from them (`likelihood_scores`), and captions for an image by the
-posterior, the Bayes ranking under that model. Both report expected R@K under random tie breaking.
+The *literal oracle* scores caption c against image n by 1 when c is true of n, else 0, both ways, and breaks
+ties uniformly at random: it knows everything the caption states and nothing more. Relation phrases are checked
+("a red circle left of a blue square": the circle's column is left of the square's). It is not a ceiling for a
+learner, for two reasons. It ranks every caption true of an image alike, where a learner ranks a caption that
+fits few images above one that fits many ("a red shape"). And a learner picks up how the generator writes
+captions, above all how often it leaves a whole object out (the balanced world never does, so there a caption
+naming two objects is never about a three-object scene). The *Bayes oracle* adds both: text -> image it ranks
+the images a caption is true of by the likelihood that the generator wrote the caption from them
+(`likelihood_scores`, which knows the object-drop rate), image -> text it ranks captions by the posterior of the
+image given the caption (uniform prior over the split's images) -- the Bayes ranking under that model. Both
+report expected R@K under random tie breaking.
 """
 
 from __future__ import annotations
@@ -174,12 +177,12 @@ def likelihood_scores(counts: np.ndarray, n_mentions: np.ndarray, n_objects: np.
     return np.asarray(counts, dtype=np.float64) * np.float64(drop_object) ** np.clip(extra, 0, None)
 
 
-def likelihood_oracle_recall(counts: np.ndarray, n_mentions, n_objects, drop_object: float, txt2img,
-                             ks=RECALL_KS) -> dict[str, float]:
-    """The count-aware oracle's expected recall (`expected_recall` keys): it also knows how often the generator
-    drops a whole object. t2i ranks images by `likelihood_scores`; i2t ranks captions by the posterior of the image
-    given the caption (the likelihood over its sum across the split's images, uniform prior) — the Bayes ranking
-    under that model, ties broken at random."""
+def bayes_oracle_recall(counts: np.ndarray, n_mentions, n_objects, drop_object: float, txt2img,
+                        ks=RECALL_KS) -> dict[str, float]:
+    """The Bayes oracle's expected recall (`expected_recall` keys): like the literal one it reads what captions
+    state, and it also knows how often the generator drops a whole object. t2i ranks images by
+    `likelihood_scores`; i2t ranks captions by the posterior of the image given the caption (the likelihood over
+    its sum across the split's images, uniform prior): the Bayes ranking under that model, ties at random."""
     like = likelihood_scores(counts, n_mentions, n_objects, drop_object)   # (C, N)
     total = like.sum(1, keepdims=True)                                       # (C, 1)
     posterior = np.divide(like, total, out=np.zeros_like(like), where=total > 0)
@@ -196,3 +199,18 @@ def ambiguity_stats(matches: np.ndarray, txt2img: np.ndarray) -> dict[str, float
     return {"median_other_images": float(np.median(others)), "mean_other_images": float(others.mean()),
             "share_ambiguous": 100.0 * float((others >= 1).mean()),
             "share_false_of_own": 100.0 * float((~own).mean())}
+
+
+def itm_noise_floor(share, negatives: int = 2) -> float:
+    """The least mean ITM loss (nats) when a fraction `share` of the negative pairs are in fact true pairs, which no
+    head can tell from positives, and every other pair is told apart perfectly. Per positive come `negatives`
+    negatives; the 1 + negatives·share pairs that look matched are best called matched with p = 1 / (1 +
+    negatives·share), so the floor is (1 + negatives·share) / (1 + negatives) · H(p), H the binary entropy.
+    share 0 gives 0; share 1 gives the label prior H(1 / (1 + negatives)) (0.636 for ITM's 1 : 2)."""
+    share = float(share)
+    if not 0.0 <= share <= 1.0 or isinstance(negatives, bool) or not isinstance(negatives, int) or negatives < 1:
+        raise ValueError(f"share must be in [0, 1] and negatives an int >= 1, got {share!r}, {negatives!r}")
+    looks_matched = 1.0 + negatives * share
+    p = 1.0 / looks_matched
+    entropy = -p * np.log(p) - (1.0 - p) * np.log(1.0 - p) if 0.0 < p < 1.0 else 0.0
+    return float(looks_matched / (1.0 + negatives) * entropy)

@@ -166,7 +166,7 @@ def ambiguity(preset: str, n_train: int | None, n_val: int | None, n_test: int |
     click.echo(f"preset {preset}, seed {seed}: {n_train} train / {n_val} val / {n_test} test scenes")
     click.echo("split oracle       R@1 i2t/t2i  R@5 i2t/t2i  R@10 i2t/t2i  R-mean")
     for split, row in report["oracle"].items():
-        for name in ("literal", "count_aware"):
+        for name in ("literal", "bayes"):
             r = row[name]
             click.echo(f"{split:<5} {name:<12} {_percent(r['i2t_r1'])} {_percent(r['t2i_r1'])}  "
                        f"{_percent(r['i2t_r5'])} {_percent(r['t2i_r5'])}  {_percent(r['i2t_r10'])} "
@@ -185,5 +185,11 @@ def ambiguity(preset: str, n_train: int | None, n_val: int | None, n_test: int |
                    f"{noise['batch_size']}, {which}): hard {noise['hard']:.1f} % (text->image "
                    f"{noise['hard_text_to_image']:.1f}, image->text {noise['hard_image_to_text']:.1f}); "
                    f"uniformly random {noise['random']:.1f} %")
+        from rebalance.report import ITM_PRIOR_LOSS
+
+        last = noise["stage1_itm_loss"]
+        click.echo(f"ITM loss that this label noise alone forces: {noise['itm_noise_floor']:.3f} nats; the run's "
+                   f"last logged stage-1 ITM loss: {'-' if last is None else f'{last:.3f}'} (label prior "
+                   f"{ITM_PRIOR_LOSS:.3f})")
 
 COMMANDS = [data]

@@ -26,9 +26,9 @@ def test_oracle_report_of_a_complete_world():
     assert set(report) == {"val", "test"} and report["test"]["n_captions"] == 30
     for row in report.values():
         assert row["ambiguity"]["share_false_of_own"] == 0.0          # no word noise: true of its own image
-        assert 0.0 < row["literal"]["r_mean"] <= 100.0 and 0.0 < row["count_aware"]["r_mean"] <= 100.0
-        # no object dropped: the own image is always among the exact-count images the count-aware oracle keeps
-        assert row["count_aware"]["t2i_mean"] >= row["literal"]["t2i_mean"] - 1e-9
+        assert 0.0 < row["literal"]["r_mean"] <= 100.0 and 0.0 < row["bayes"]["r_mean"] <= 100.0
+        # no object dropped: the own image is always among the exact-count images the Bayes oracle ranks first
+        assert row["bayes"]["t2i_mean"] >= row["literal"]["t2i_mean"] - 1e-9
     with pytest.raises(ValueError, match="splits"):
         amb.oracle_report("balanced", 10, 8, 6, splits=("dev",))
 

@@ -9,12 +9,13 @@ import pytest
 
 from rebalance_ref.ambiguity import (
     ambiguity_stats,
+    bayes_oracle_recall,
     caption_match_counts,
     caption_matches,
     encode_mentions,
     expected_recall,
     hit_probability,
-    likelihood_oracle_recall,
+    itm_noise_floor,
     likelihood_scores,
     oracle_recall,
 )
@@ -145,9 +146,9 @@ def test_likelihood_oracle_prefers_images_without_unmentioned_objects():
     like = likelihood_scores(counts, np.array([1]), n_objects, 0.3)
     assert like[0].tolist() == pytest.approx([2 * 0.3, 2.0, 4 * 0.09])
     assert likelihood_scores(counts, np.array([1]), n_objects, 0.0)[0].tolist() == [0.0, 2.0, 0.0]
-    # the caption belongs to scene 1: the literal oracle finds it 1 time in 3 at R@1, the count-aware one always
+    # the caption belongs to scene 1: the literal oracle finds it 1 time in 3 at R@1, the Bayes one always
     literal = oracle_recall(counts > 0, np.array([1]), ks=(1,))
-    aware = likelihood_oracle_recall(counts, np.array([1]), n_objects, 0.3, np.array([1]), ks=(1,))
+    aware = bayes_oracle_recall(counts, np.array([1]), n_objects, 0.3, np.array([1]), ks=(1,))
     assert literal["t2i_r1"] == pytest.approx(100 / 3) and aware["t2i_r1"] == pytest.approx(100.0)
 
 
@@ -214,3 +215,14 @@ def test_captions_without_noise_are_true_of_their_image_and_noise_makes_some_fal
             assert stats["share_false_of_own"] > 10.0
         else:
             assert stats["share_false_of_own"] == false_of_own
+
+
+def test_itm_noise_floor_spans_zero_to_the_label_prior():
+    assert itm_noise_floor(0.0) == 0.0
+    assert itm_noise_floor(1.0) == pytest.approx(-(1 / 3) * np.log(1 / 3) - (2 / 3) * np.log(2 / 3))
+    floors = [itm_noise_floor(q) for q in (0.01, 0.1, 0.3, 0.6)]
+    assert floors == sorted(floors) and floors[0] > 0.0
+    # by hand: share 0.5 -> 2 of 3 pairs look matched, p = 1/2, floor = 2/3 · ln 2
+    assert itm_noise_floor(0.5) == pytest.approx(2 / 3 * np.log(2))
+    with pytest.raises(ValueError, match="share"):
+        itm_noise_floor(1.5)
