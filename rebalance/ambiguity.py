@@ -5,7 +5,8 @@
 - `itm_label_noise(run_dir, ...)`: on a trained run, training batches drawn as the trainer draws them, the run's
   student (eval mode) picking ITM hard negatives with `sample_itm_negatives`, and the share of those negative
   pairs whose caption is in fact true of the negative image — beside the same share for uniformly random
-  negatives (what a weak student's sampler sees).
+  negatives (what a weak student's sampler sees);
+- `recall_of_oracle(test_metrics, oracle)`: a run's test R-mean as a percentage of each oracle's.
 """
 
 from __future__ import annotations
@@ -139,3 +140,15 @@ def itm_label_noise(run_dir, which: str = "stage1-best", batches: int = 200, dev
             "random": (rnd["t2i"] + rnd["i2t"]) / 2.0,
             "itm_noise_floor": itm_noise_floor((pct["t2i"] + pct["i2t"]) / 200.0),
             "stage1_itm_loss": last_itm_loss(read_metrics(run_dir), 1)}
+
+
+def recall_of_oracle(test_metrics: dict, oracle: dict) -> dict[str, float]:
+    """A run's test cross-modal R-mean (`cos_r_mean`, and `itm_r_mean` when present, from its `eval.json`) and
+    each as a percentage of the literal and the Bayes oracle's R-mean (`oracle_report(...)["test"]`)."""
+    out = {}
+    for key in ("cos_r_mean", "itm_r_mean"):
+        if key in test_metrics:
+            out[key] = float(test_metrics[key])
+            for name in ("literal", "bayes"):
+                out[f"{key}_of_{name}"] = 100.0 * out[key] / oracle[name]["r_mean"]
+    return out

@@ -1,5 +1,5 @@
 """`rebalance data make` (write a shapes-world data folder), `rebalance data show` (a PNG grid of scenes) and
-`rebalance data ambiguity` (how many images each caption is true of, the caption-content oracle's recall and, on a
+`rebalance data ambiguity` (how many images each caption is true of, the caption-content oracles' recall and, on a
 trained run, the ITM negatives whose caption is true of them)."""
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def _percent(x: float) -> str:
 def ambiguity(preset: str, n_train: int | None, n_val: int | None, n_test: int | None, seed: int,
               run_dir: str | None, which: str, batches: int, threads: int, as_json: bool) -> None:
     """Per caption, the images it is true of (its mentioned objects matched to distinct objects with every stated
-    attribute equal); the caption-content oracle's expected R@1/5/10 on val and test; with --run, the share of
+    attribute equal); the literal and the Bayes oracles' expected R@1/5/10 on val and test; with --run, the share of
     the run's ITM negative pairs whose caption is true of the negative image (docs/data.md, "Ambiguity")."""
     set_threads(threads)
     from rebalance import ambiguity as amb
@@ -160,6 +160,9 @@ def ambiguity(preset: str, n_train: int | None, n_val: int | None, n_test: int |
               "oracle": amb.oracle_report(preset, n_train, n_val, n_test, seed, splits=("val", "test"))}
     if run_dir is not None:
         report["itm_label_noise"] = amb.itm_label_noise(run_dir, which=which, batches=batches)
+        evaluated = Path(run_dir) / "eval.json"
+        if evaluated.is_file():
+            report["run_test"] = amb.recall_of_oracle(json.loads(evaluated.read_text()), report["oracle"]["test"])
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -186,6 +189,12 @@ def ambiguity(preset: str, n_train: int | None, n_val: int | None, n_test: int |
                    f"{noise['hard_text_to_image']:.1f}, image->text {noise['hard_image_to_text']:.1f}); "
                    f"uniformly random {noise['random']:.1f} %")
         from rebalance.report import ITM_PRIOR_LOSS
+
+        if "run_test" in report:
+            run = report["run_test"]
+            click.echo(f"the run's test R-mean (cosine, its best checkpoint): {run['cos_r_mean']:.1f} = "
+                       f"{run['cos_r_mean_of_literal']:.0f} % of the literal oracle's, "
+                       f"{run['cos_r_mean_of_bayes']:.0f} % of the Bayes oracle's")
 
         last = noise["stage1_itm_loss"]
         click.echo(f"ITM loss that this label noise alone forces: {noise['itm_noise_floor']:.3f} nats; the run's "

@@ -62,6 +62,13 @@ def test_label_noise_on_the_real_world_and_the_command(run):
     assert report["n_train"] == TINY.n_train and set(report["oracle"]) == {"val", "test"}
     assert 0.0 <= report["itm_label_noise"]["train_ambiguity"]["share_ambiguous"] <= 100.0
     assert report["itm_label_noise"]["hard"] == pytest.approx(noise["hard"])   # same draws: seeded per step
+    assert "run_test" not in report                                                # evaluate_test=False: no eval.json
+    (run / "eval.json").write_text(json.dumps({"cos_r_mean": 10.0}))
+    again = json.loads(CliRunner().invoke(cli, ["data", "ambiguity", "--run", str(run), "--batches", "1",
+                                                "--json"], catch_exceptions=False).stdout)
+    oracle = again["oracle"]["test"]
+    assert again["run_test"]["cos_r_mean_of_bayes"] == pytest.approx(1000.0 / oracle["bayes"]["r_mean"])
+    assert "itm_r_mean" not in again["run_test"]
     text = CliRunner().invoke(cli, ["data", "ambiguity", "--preset", "balanced", "--n-train", "12", "--n-val", "6",
                                     "--n-test", "6"], catch_exceptions=False)
     assert text.exit_code == 0 and "R-mean" in text.output and "test" in text.output
