@@ -5,7 +5,8 @@ objects share a cell). Scenes are rendered to RGB uint8 (vectorised NumPy, any s
 and described by 5 captions drawn from varied templates (synonyms, word order, relations such as "left of",
 partial mentions) plus one canonical full description. The true attributes stay with the data as metadata, so
 relevance between scenes can be computed exactly (`attribute_relevance`) or through ROUGE-L of the canonical
-descriptions (`canonical_relevance`).
+descriptions (`canonical_relevance`). What each caption states (`split_mentions`: per caption the objects it names
+and the attributes it gives them) comes out of the very loop that writes the text.
 
 Imbalance knobs (`WorldKnobs`, all probabilities or fractions in [0, 1]; every knob at 0 changes nothing):
 
