@@ -5,7 +5,8 @@ objects share a cell). Scenes are rendered to RGB uint8 (vectorised NumPy, any s
 and described by 5 captions drawn from varied templates (synonyms, word order, relations such as "left of",
 partial mentions) plus one canonical full description. The true attributes stay with the data as metadata, so
 relevance between scenes can be computed exactly (`attribute_relevance`) or through ROUGE-L of the canonical
-descriptions (`canonical_relevance`).
+descriptions (`canonical_relevance`). What each caption states (`split_mentions`: per caption the objects it names
+and the attributes it gives them) comes out of the very loop that writes the text.
 
 Imbalance knobs (`WorldKnobs`, all probabilities or fractions in [0, 1]; every knob at 0 changes nothing):
 
@@ -317,8 +318,21 @@ def _wrong(value: int, n_values: int, draw: float) -> int:
     return (value + 1 + int(draw * (n_values - 1))) % n_values
 
 
+def _mention(words: list, relation: list | None) -> dict:
+    """What a caption states about one object (keys `_KINDS` and "relation"): shape/colour/size names and the
+    position as a cell index, None when dropped; inside a relation phrase the position is always None (the phrase
+    places the objects only relative to each other) and "relation" is [the relation word from this object to the
+    other one ("left of", ...), the other one's index in the caption's mentions], else None."""
+    s, col, sz, pos = words
+    return {"shape": None if s is None else SHAPES[s], "colour": None if col is None else COLOURS[col],
+            "size": None if sz is None else SIZES[sz], "position": None if relation else pos,
+            "relation": relation}
+
+
 def _captions(scenes: _Scenes, knobs: WorldKnobs, template_rng: np.random.Generator,
-              drop_rng: np.random.Generator, noise_rng: np.random.Generator) -> list[list[str]]:
+              drop_rng: np.random.Generator, noise_rng: np.random.Generator) -> tuple[list[list[str]], list]:
+    """Per image, its captions' texts, and beside them per caption the mentions (`_mention` dicts, in the order the
+    text names the objects; a stated value is the noisy one where word noise replaced it)."""
     n, c, k = len(scenes.count), CAPTIONS_PER_IMAGE, MAX_OBJECTS
     per_object = template_rng.random((n, c, k, _N_TEMPLATE_DRAWS))
     per_caption = template_rng.random((n, c, _N_CAPTION_DRAWS))
@@ -328,9 +342,11 @@ def _captions(scenes: _Scenes, knobs: WorldKnobs, template_rng: np.random.Genera
     dropped = drop < drop_p  # (n, c, k, 5)
     noisy = noise[..., 0] < knobs.word_noise  # (n, c, k, 4)
     out: list[list[str]] = []
+    mentions: list[list[list[dict]]] = []
     for i in range(n):
         count = int(scenes.count[i])
         caps = []
+        image_mentions = []
         for j in range(c):
             order = sorted(range(count), key=lambda o: per_object[i, j, o, 0])  # word order of objects
             kept = [o for o in order if not dropped[i, j, o, 4]] or order[:1]  # at least one object
@@ -348,14 +364,17 @@ def _captions(scenes: _Scenes, knobs: WorldKnobs, template_rng: np.random.Genera
             phrase = None
             if use_rel < _RELATION_RATE and len(positioned) >= 2:
                 a_obj, b_obj = positioned[0], positioned[1]
-                phrase = _relation_phrase(scenes, i, a_obj, b_obj, words, per_object[i, j], axis_draw,
-                                          flip=bool(noisy[i, j, a_obj, 3]))
+                phrase, relation = _relation_phrase(scenes, i, a_obj, b_obj, words, per_object[i, j], axis_draw,
+                                                    flip=bool(noisy[i, j, a_obj, 3]))
             items = []
             if phrase is not None:
                 items.append(phrase)
                 rest = [o for o in kept if o not in (a_obj, b_obj)]
             else:
                 rest = kept
+            related = [] if phrase is None else [_mention(words[a_obj], [relation[0], 1]),
+                                                 _mention(words[b_obj], [relation[1], 0])]
+            image_mentions.append(related + [_mention(words[o], None) for o in rest])
             for o in rest:
                 s, col, sz, pos = words[o]
                 items.append(_object_phrase(None if s is None else SHAPES[s], None if col is None else COLOURS[col],
@@ -365,12 +384,14 @@ def _captions(scenes: _Scenes, knobs: WorldKnobs, template_rng: np.random.Genera
             text = _WRAPPERS[int(wrapper * len(_WRAPPERS))].format(_join(items, int(joiner * 2)))
             caps.append(text)
         out.append(caps)
-    return out
+        mentions.append(image_mentions)
+    return out, mentions
 
 
 def _relation_phrase(scenes: _Scenes, i: int, a: int, b: int, words: dict, draws: np.ndarray, axis_draw: float,
-                     flip: bool) -> str:
-    """ "a red circle left of a blue square": the true relation between objects a and b (flipped if noisy)."""
+                     flip: bool) -> tuple[str, tuple[str, str]]:
+    """ "a red circle left of a blue square": the true relation between objects a and b (flipped if noisy), and
+    the relation words stated from a to b and from b to a ("left of", "right of")."""
     axes = []
     if scenes.col[i, a] != scenes.col[i, b]:
         axes.append(("h", int(scenes.col[i, a] > scenes.col[i, b])))
@@ -384,7 +405,7 @@ def _relation_phrase(scenes: _Scenes, i: int, a: int, b: int, words: dict, draws
         s, col, sz, _ = words[o]
         parts.append(_object_phrase(None if s is None else SHAPES[s], None if col is None else COLOURS[col],
                                     None if sz is None else SIZES[sz], None, 0, draws[o, 2:5]))
-    return f"{parts[0]} {_RELATIONS[axis][which]} {parts[1]}"
+    return f"{parts[0]} {_RELATIONS[axis][which]} {parts[1]}", (_RELATIONS[axis][which], _RELATIONS[axis][1 - which])
 
 
 def canonical_description(objects: list[dict]) -> str:
@@ -405,18 +426,30 @@ def _check_n(n: int, name: str, minimum: int = 1) -> int:
     return int(n)
 
 
+def _described(n: int, knobs: WorldKnobs, seed_seq: np.random.SeedSequence):
+    """The streams, scene layout, caption texts and caption mentions of `n` scenes (no pixels yet)."""
+    rngs = _streams(seed_seq)
+    scenes = _sample_scenes(n, rngs["scene"])
+    captions, mentions = _captions(scenes, knobs, rngs["template"], rngs["drop"], rngs["noise"])
+    return rngs, scenes, captions, mentions
+
+
 def _world(n: int, knobs: WorldKnobs, seed_seq: np.random.SeedSequence, size: int,
            name_prefix: str = "") -> CaptionedImages:
     size = _check_n(size, "size", minimum=12)
-    rngs = _streams(seed_seq)
-    scenes = _sample_scenes(n, rngs["scene"])
+    rngs, scenes, captions, _ = _described(n, knobs, seed_seq)
     images = _render(scenes, size, knobs, rngs["occlusion"], rngs["pixels"])
-    captions = _captions(scenes, knobs, rngs["template"], rngs["drop"], rngs["noise"])
     attributes = _attributes(scenes)
     canonical = [canonical_description(objs) for objs in attributes]
     names = [f"{name_prefix}scene_{i:06d}.png" for i in range(n)]
     return CaptionedImages(images=images, captions=captions, names=names, attributes=attributes,
                            canonical=canonical)
+
+
+def _check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    return int(seed)
 
 
 def make_world(n: int, preset: str | WorldKnobs = "text-poor", seed: int = 0, size: int = 32) -> CaptionedImages:
@@ -425,23 +458,52 @@ def make_world(n: int, preset: str | WorldKnobs = "text-poor", seed: int = 0, si
     Same (n, preset, seed, size) -> identical bytes; presets with the same seed share scenes and templates.
     """
     n = _check_n(n, "n")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    return _world(n, get_knobs(preset), np.random.SeedSequence(int(seed)), size)
+    return _world(n, get_knobs(preset), np.random.SeedSequence(_check_seed(seed)), size)
 
 
 SPLITS = ("train", "val", "test")
 
 
+def _split_plan(preset: str | WorldKnobs, n_train: int, n_val: int, n_test: int, seed: int):
+    """(knobs, [(split, size, seed sequence)]): split k of `SPLITS` draws from SeedSequence([seed, k + 1])."""
+    knobs = get_knobs(preset)
+    seed = _check_seed(seed)
+    sizes = {"train": _check_n(n_train, "n_train"), "val": _check_n(n_val, "n_val"), "test": _check_n(n_test, "n_test")}
+    return knobs, [(split, sizes[split], np.random.SeedSequence([seed, k + 1])) for k, split in enumerate(SPLITS)]
+
+
 def make_splits(preset: str | WorldKnobs, n_train: int, n_val: int, n_test: int, seed: int = 0,
                 size: int = 32) -> dict[str, CaptionedImages]:
     """Independent, seeded train/val/test worlds; names are "<split>/scene_NNNNNN.png"."""
-    knobs = get_knobs(preset)
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    sizes = {"train": _check_n(n_train, "n_train"), "val": _check_n(n_val, "n_val"), "test": _check_n(n_test, "n_test")}
-    return {split: _world(sizes[split], knobs, np.random.SeedSequence([int(seed), k + 1]), size, f"{split}/")
-            for k, split in enumerate(SPLITS)}
+    knobs, plan = _split_plan(preset, n_train, n_val, n_test, seed)
+    return {split: _world(n, knobs, seq, size, f"{split}/") for split, n, seq in plan}
+
+
+@dataclass(frozen=True)
+class CaptionMentions:
+    """What the captions of a split say, without pixels: `captions` and `attributes` exactly as `make_splits`
+    makes them, and `mentions[i][j]` the objects caption j of image i names, in text order, each a dict
+    {"shape", "colour", "size": name or None, "position": the cell row * GRID + col or None, "relation"}.
+    None where the caption dropped the attribute; the noisy value where word noise replaced it (a noisy relation
+    is flipped). The two objects of a relation phrase ("a red circle left of a blue square") come first, have no
+    position, and carry "relation": [word, index of the other object] ("left of", 1 and "right of", 0); other
+    objects carry "relation": None."""
+
+    captions: list[list[str]]
+    mentions: list[list[list[dict]]]
+    attributes: list[list[dict]]
+
+
+def split_mentions(preset: str | WorldKnobs, n_train: int, n_val: int, n_test: int,
+                   seed: int = 0) -> dict[str, CaptionMentions]:
+    """The caption mentions of each split, from the same seed streams and caption code as `make_splits` (no images
+    are rendered)."""
+    knobs, plan = _split_plan(preset, n_train, n_val, n_test, seed)
+    out = {}
+    for split, n, seq in plan:
+        _, scenes, captions, mentions = _described(n, knobs, seq)
+        out[split] = CaptionMentions(captions=captions, mentions=mentions, attributes=_attributes(scenes))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""`rebalance data make` (write a shapes-world data folder) and `rebalance data show` (a PNG grid of scenes)."""
+"""`rebalance data make` (write a shapes-world data folder), `rebalance data show` (a PNG grid of scenes) and
+`rebalance data ambiguity` (how many images each caption is true of, the caption-content oracles' recall and, on a
+trained run, the ITM negatives whose caption is true of them)."""
 
 from __future__ import annotations
 
@@ -115,5 +117,88 @@ def show(data_dir: Path, split: str, n: int, out: Path, force: bool, size: int |
     plt.close(fig)
     click.echo(f"wrote {out} ({len(ds)} {split} scenes from {data_dir})")
 
+
+def _percent(x: float) -> str:
+    return f"{x:5.1f}"
+
+
+@data.command(short_help="Caption ambiguity: the oracle's recall, ITM label noise.")
+@click.option("--preset", type=click.Choice(_preset_names()), default="text-poor", show_default=True,
+              help="Imbalance preset of the shapes world (ignored with --run: the run's own).")
+@click.option("--n-train", type=click.IntRange(min=1), default=None, help="Training images (default as `train`).")
+@click.option("--n-val", type=click.IntRange(min=1), default=None, help="Validation images (default as `train`).")
+@click.option("--n-test", type=click.IntRange(min=1), default=None, help="Test images (default as `train`).")
+@seed_option
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, exists=True), default=None,
+              help="A trained run: its world (preset, sizes, seed) and the ITM label noise of its student.")
+@click.option("--which", default="stage1-best", show_default=True, help="The run's checkpoint (with --run).")
+@click.option("--batches", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Training batches sampled for the ITM label noise (with --run).")
+@threads_option
+@json_option
+def ambiguity(preset: str, n_train: int | None, n_val: int | None, n_test: int | None, seed: int,
+              run_dir: str | None, which: str, batches: int, threads: int, as_json: bool) -> None:
+    """Per caption, the images it is true of (its mentioned objects matched to distinct objects with every stated
+    attribute equal); the literal and the Bayes oracles' expected R@1/5/10 on val and test; with --run, the share of
+    the run's ITM negative pairs whose caption is true of the negative image (docs/data.md, "Ambiguity")."""
+    set_threads(threads)
+    from rebalance import ambiguity as amb
+
+    if run_dir is not None:
+        from rebalance_torch.checkpoint import load_student
+
+        _, config, _ = load_student(run_dir, which=which)
+        if config.data_dir is not None:
+            raise click.UsageError(f"--run {run_dir} trained on a data folder; ambiguity needs a --preset run")
+        preset, n_train, n_val, n_test, seed = config.preset, config.n_train, config.n_val, config.n_test, config.seed
+    else:
+        from rebalance_torch.config import TrainConfig
+
+        default = TrainConfig()
+        n_train, n_val, n_test = (n_train or default.n_train, n_val or default.n_val, n_test or default.n_test)
+    report = {"preset": preset, "n_train": n_train, "n_val": n_val, "n_test": n_test, "seed": seed,
+              "oracle": amb.oracle_report(preset, n_train, n_val, n_test, seed, splits=("val", "test"))}
+    if run_dir is not None:
+        report["itm_label_noise"] = amb.itm_label_noise(run_dir, which=which, batches=batches)
+        evaluated = Path(run_dir) / "eval.json"
+        if evaluated.is_file():
+            report["run_test"] = amb.recall_of_oracle(json.loads(evaluated.read_text()), report["oracle"]["test"])
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"preset {preset}, seed {seed}: {n_train} train / {n_val} val / {n_test} test scenes")
+    click.echo("split oracle       R@1 i2t/t2i  R@5 i2t/t2i  R@10 i2t/t2i  R-mean")
+    for split, row in report["oracle"].items():
+        for name in ("literal", "bayes"):
+            r = row[name]
+            click.echo(f"{split:<5} {name:<12} {_percent(r['i2t_r1'])} {_percent(r['t2i_r1'])}  "
+                       f"{_percent(r['i2t_r5'])} {_percent(r['t2i_r5'])}  {_percent(r['i2t_r10'])} "
+                       f"{_percent(r['t2i_r10'])}  {_percent(r['r_mean'])}")
+    stats = [(split, row["ambiguity"]) for split, row in report["oracle"].items()]
+    if run_dir is not None:
+        stats.append(("train", report["itm_label_noise"]["train_ambiguity"]))
+    for split, a in stats:
+        click.echo(f"{split:<5} other images a caption is true of: median {a['median_other_images']:.1f}, mean "
+                   f"{a['mean_other_images']:.1f}, {a['share_ambiguous']:.1f} % of captions true of at least one"
+                   + (f"; {a['share_false_of_own']:.1f} % false of their own image" if a["share_false_of_own"]
+                      else ""))
+    if run_dir is not None:
+        noise = report["itm_label_noise"]
+        click.echo(f"ITM negatives whose caption is true of the negative image ({noise['batches']} batches of "
+                   f"{noise['batch_size']}, {which}): hard {noise['hard']:.1f} % (text->image "
+                   f"{noise['hard_text_to_image']:.1f}, image->text {noise['hard_image_to_text']:.1f}); "
+                   f"uniformly random {noise['random']:.1f} %")
+        from rebalance.report import ITM_PRIOR_LOSS
+
+        if "run_test" in report:
+            run = report["run_test"]
+            click.echo(f"the run's test R-mean (cosine, its best checkpoint): {run['cos_r_mean']:.1f} = "
+                       f"{run['cos_r_mean_of_literal']:.0f} % of the literal oracle's, "
+                       f"{run['cos_r_mean_of_bayes']:.0f} % of the Bayes oracle's")
+
+        last = noise["stage1_itm_loss"]
+        click.echo(f"ITM loss that this label noise alone forces: {noise['itm_noise_floor']:.3f} nats; the run's "
+                   f"last logged stage-1 ITM loss: {'-' if last is None else f'{last:.3f}'} (label prior "
+                   f"{ITM_PRIOR_LOSS:.3f})")
 
 COMMANDS = [data]
