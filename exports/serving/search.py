@@ -152,6 +152,8 @@ def exact_topk(queries: np.ndarray, gallery: np.ndarray, k: int, *, block_bytes:
 
 
 _LOW32 = np.int64(0xFFFFFFFF)
+# Score dtypes `_pack` keeps exact: float32 cosines, and the agreement counts of binary codes.
+_SCORE_DTYPES = (np.dtype(np.float32), np.dtype(np.uint8), np.dtype(np.uint16))
 _NO_KEY = np.iinfo(np.int64).min
 
 
@@ -184,12 +186,15 @@ def _unpack(keys: np.ndarray, dtype: np.dtype | type = np.float32) -> tuple[np.n
 class RunningTopK:
     """The best k (score, index) pairs of each of q queries seen so far, kept as packed int64 keys (`_pack`).
 
-    Candidates (entries above their query's threshold) are collected over blocks and merged into the kept keys
-    when more than max(q k, 4096) are pending, or at the end; thresholds are updated at each merge.
+    Scores are float32 (cosines) or uint8 / uint16 (agreeing bits of binary codes). Candidates (entries above
+    their query's threshold) are collected over blocks and merged into the kept keys when more than `flush_at`
+    (default max(q k, 4096)) are pending, or at the end; thresholds are updated at each merge.
     """
 
     def __init__(self, q: int, k: int, dtype: np.dtype | type = np.float32, flush_at: int | None = None):
-        self.k, self.dtype = k, np.dtype(dtype)  # float32 scores, or uint8 / uint16 counts (`codes.HammingIndex`)
+        self.k, self.dtype = k, np.dtype(dtype)
+        if self.dtype not in _SCORE_DTYPES:
+            raise ValueError(f"scores must be float32, uint8 or uint16, got {self.dtype}")
         self.keys = np.full((q, k), _NO_KEY, np.int64)  # (q, k) unordered
         # (q,) the k-th best score so far, in the scores' own dtype (no conversion pass over a block); only read
         # once `filled`.
@@ -207,7 +212,7 @@ class RunningTopK:
             # Most queries gained candidates in the last block: compare every entry at once (no row maxima pass).
             mask = np.greater(scores, self.threshold[:, None], out=self._mask(q, b))
             flat = np.flatnonzero(mask)  # positions in the block, query-major
-            self.busy = flat.size * _HOT_SHARE >= q  # about one candidate for most queries: stay busy
+            self.busy = flat.size * _HOT_SHARE >= q  # still a candidate per _HOT_SHARE queries or more: stay busy
         elif self.filled:
             # One cheap pass: only queries whose block maximum beats their threshold can gain candidates.
             hot = np.flatnonzero(scores.max(axis=1) > self.threshold)

@@ -63,3 +63,12 @@ def test_rerank_orders_a_shortlist_by_exact_cosine_with_ties_by_index():
     scores, indices = rerank_exact(queries, embeddings, np.array([[3, 1, 0], [0, 2, 1]]), 2)
     assert indices.tolist() == [[0, 3], [1, 2]]
     np.testing.assert_allclose(scores, [[1, 1], [1, 0.8]], rtol=1e-6)
+
+
+def test_the_running_top_k_takes_only_scores_it_orders_exactly():
+    from exports.serving.search import RunningTopK
+
+    for dtype in (np.float32, np.uint8, np.uint16):
+        RunningTopK(2, 3, dtype)
+    with pytest.raises(ValueError, match="float32, uint8 or uint16"):
+        RunningTopK(2, 3, np.float64)
