@@ -8,11 +8,12 @@ The Hamming distance of two codes is the number of bits where they differ: d(a, 
 codes read as ±1 vectors it is (bits − a·b) / 2, so the nearest codes are the largest inner products of the
 sign vectors. `HammingIndex.search` is exact and deterministic: ascending distance, ties by lower gallery index.
 
-How it is fast without compiled code of its own: the gallery is held as 64-bit words, word-major (W, N), and
-stored *inverted*, so that one XOR and one `np.bitwise_count` give the number of agreeing bits (bits − d) of a
-whole (Q, b) block in two NumPy passes, as uint8 (uint16 past 255 bits). The agreements then go through the same
-running top-k as the float search (`search.RunningTopK`), whose integer path keeps each query's best k and a
-threshold: after the first block most blocks hold no candidate and cost one more pass (their row maxima).
+How it is fast without compiled code of its own: the gallery is held as 64-bit words (32, 16 or 8 bits for codes
+of other lengths), word-major (W, N), and stored *inverted*, so that one XOR and one `np.bitwise_count` give the
+number of agreeing bits (bits − d) of a whole (q, b) block in two NumPy passes, as uint8 (uint16 past 255 bits).
+The agreements then go through the same running top-k as the float search (`search.RunningTopK`, integer path),
+merged often: agreements are small integers with many ties, and a stale threshold would let thousands of
+candidates through.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def check_codes(name: str, packed: np.ndarray, n_bytes: int | None = None) -> np
 
 def hamming_distances(queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """All Hamming distances, int32 (Q, N), of packed codes uint8 (Q, B) and (N, B) (small inputs, tests)."""
-    queries, codes = check_codes("queries", queries), check_codes("codes", codes)
+    queries = check_codes("queries", queries)
     codes = check_codes("codes", codes, queries.shape[1])
     return np.bitwise_count(queries[:, None, :] ^ codes[None, :, :]).sum(axis=2, dtype=np.int32)
 
