@@ -8,7 +8,8 @@ import torch
 from rebalance_torch import input_checks
 from rebalance_torch.config import TrainConfig
 from rebalance_torch.objective import as_numbers
-from tests.rebalance_torch.test_step import SMALL_MODEL, _count_reads, _step, batch_and_tokenizer  # noqa: F401
+from tests.rebalance_torch.conftest import SMALL_MODEL
+from tests.rebalance_torch.test_step import _count_reads, _step
 
 WEIGHTS = {"gcl": {"gcl": 1.0, "itm": 2.0}, "m2mix": {"itc": 1.0, "itm": 2.0, "m2mix": 0.1}}
 

@@ -8,27 +8,15 @@ import pytest
 import torch
 
 from rebalance_ref import losses as ref_losses
-from rebalance_ref.shapes import make_world
-from rebalance_ref.tokenizer import Tokenizer
 from rebalance_torch.config import OFFICIAL_WEIGHTS, RECIPES, TEACHER_TERMS, TrainConfig
-from rebalance_torch.data import Collate, PairDataset
 from rebalance_torch.objective import as_numbers, build_objective, compute_losses
 from rebalance_torch.prepare import build_student
-from rebalance_torch.schedule import batch_rows, teacher_phase
+from rebalance_torch.schedule import teacher_phase
 from rebalance_torch.step import make_optimizer, train_step
+from tests.rebalance_torch.conftest import SMALL_MODEL
 
-SMALL_MODEL = {"vision_width": 32, "text_width": 32, "embed_dim": 16, "heads": 2, "vision_depth": 1,
-               "text_depth": 1}
 BASE = TrainConfig(model_overrides=SMALL_MODEL, batch_size=8)
 TEACHERS_ONLY = {k: v for k, v in OFFICIAL_WEIGHTS.items() if k in TEACHER_TERMS}
-
-
-@pytest.fixture(scope="module")
-def batch_and_tokenizer():
-    world = make_world(16, "text-poor", seed=0)
-    tokenizer = Tokenizer.build(world.pairs()[1], max_len=16)
-    dataset = PairDataset(world, tokenizer)
-    return Collate()([dataset[int(r)] for r in batch_rows(0, 2, 0, len(dataset), 8)]), tokenizer
 
 
 def _setup(config, tokenizer, tau=0.04):

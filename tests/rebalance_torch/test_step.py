@@ -8,28 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from rebalance_ref.shapes import make_world
-from rebalance_ref.tokenizer import Tokenizer
 from rebalance_torch import input_checks
 from rebalance_torch.config import BASELINE_WEIGHTS, TrainConfig
-from rebalance_torch.data import Collate, PairDataset
 from rebalance_torch.objective import as_numbers, build_objective, compute_losses
 from rebalance_torch.prepare import build_student
-from rebalance_torch.schedule import batch_rows
 from rebalance_torch.step import make_optimizer, train_step
+from tests.rebalance_torch.conftest import SMALL_MODEL
 
-SMALL_MODEL = {"vision_width": 32, "text_width": 32, "embed_dim": 16, "heads": 2, "vision_depth": 1,
-               "text_depth": 1}
 # The ways a tensor's value reaches Python: each waits for the device to finish what is queued.
 READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
-
-
-@pytest.fixture(scope="module")
-def batch_and_tokenizer():
-    world = make_world(16, "text-poor", seed=0)
-    tokenizer = Tokenizer.build(world.pairs()[1], max_len=16)
-    dataset = PairDataset(world, tokenizer)
-    return Collate()([dataset[int(r)] for r in batch_rows(0, 2, 0, len(dataset), 8)]), tokenizer
 
 
 def _step(config, batch, tokenizer, stage, phase=(False, 1.0)):
