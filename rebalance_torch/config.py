@@ -45,6 +45,9 @@ OFFICIAL_OBJECTIVE = {"weights": OFFICIAL_WEIGHTS, "teacher_tau": "shared", "tea
 RECIPES = {"official": OFFICIAL_OBJECTIVE,
            "rebalanced": {**OFFICIAL_OBJECTIVE, "teacher_tau": "own"}}
 IMAGE_TEACHERS = ("supervised", "ssl")
+# How the student's image tower starts stage 1 (rebalance_torch.pretrain): pre-trained on images alone as one of the
+# image teachers is, or from its random initialisation ("none").
+IMAGE_PRETRAINS = ("none", *IMAGE_TEACHERS)
 TAU2_MODES = ("learnable", "fixed")
 LAMBDA_MODES = ("unconstrained", "sigmoid")
 STUDENT_RELATIONS = ("fused", "projected")
@@ -61,7 +64,8 @@ DEVICES = ("cpu", "cuda")
 AUGMENTS = ("none", "mild")
 SELECT_ON = ("r_mean", "last")
 # The fields that take one of a few names, and those names (the CLI's choices come from here).
-CHOICES = {"preset": tuple(PRESETS), "distance": DISTANCES, "image_teacher": IMAGE_TEACHERS, "tau2": TAU2_MODES,
+CHOICES = {"preset": tuple(PRESETS), "distance": DISTANCES, "image_teacher": IMAGE_TEACHERS,
+           "image_pretrain": IMAGE_PRETRAINS, "tau2": TAU2_MODES,
            "lam": LAMBDA_MODES, "student_relation": STUDENT_RELATIONS, "itm_negatives": ITM_NEGATIVES,
            "itm_duplicates": ITM_DUPLICATES, "device": DEVICES, "select_on": SELECT_ON, "augment": AUGMENTS,
            "teacher_tau": TEACHER_TAUS}
@@ -116,6 +120,10 @@ class TrainConfig:
     # --- student
     model: str = "tiny"
     model_overrides: dict = field(default_factory=dict)
+    # the image tower is pre-trained on images alone before stage 1, as the official Swin-B comes from ImageNet:
+    # "supervised" (attribute labels, synthetic data only), "ssl" or "none" (docs/models.md)
+    image_pretrain: str = "supervised"
+    image_pretrain_epochs: int = 10
     # --- optimisation (AdamW; linear warm-up for `warmup` of the stage's steps, then linear decay to 0)
     stage1_steps: int = 1000      # stage 1 until validation recall levels off (docs/models.md)
     stage2_steps: int = 250
@@ -170,7 +178,7 @@ class TrainConfig:
             if value is not None and not (isinstance(value, str) and value.strip()):
                 raise ValueError(f"{name} must be a folder path (a string) or null, got {value!r}")
         for name in ("n_train", "n_val", "n_test", "image_size", "max_len", "batch_size", "eval_every", "k_test",
-                     "threads"):
+                     "threads", "image_pretrain_epochs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

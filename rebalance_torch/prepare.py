@@ -38,14 +38,19 @@ class Prepared:
 
 
 def prepare(config: TrainConfig, teachers: bool | None = None, log: Callable[[str], None] = print,
-            tokenizer: Tokenizer | None = None, teacher_cache: str | Path | None = None) -> Prepared:
+            tokenizer: Tokenizer | None = None, teacher_cache: str | Path | None = None,
+            stage1: bool = False) -> Prepared:
     """Data, tokenizer (built from the training captions unless given) and, when the objective needs them (or
     `teachers=True`), teacher features: read from `config.teacher_dir`, else from `teacher_cache` if it holds
-    them, else trained (and then written to `teacher_cache` when given)."""
+    them, else trained (and then written to `teacher_cache` when given). `stage1`: the run trains stage 1 (and so
+    pre-trains the image tower), which data without attributes must be able to do."""
     timings = {}
     start = time.perf_counter()
     splits = load_splits(config)
     train = splits["train"]
+    need_teachers = config.uses_teachers() if teachers is None else teachers
+    if train.attributes is None:
+        _check_unsupervised(config, need_teachers and config.teacher_dir is None, stage1)
     _, flat = train.pairs()
     tokenizer = tokenizer or Tokenizer.build(flat, max_len=config.max_len)
     dataset = PairDataset(train, tokenizer)
@@ -53,7 +58,7 @@ def prepare(config: TrainConfig, teachers: bool | None = None, log: Callable[[st
     log(f"data: {len(train)} train images / {len(flat)} captions, {len(splits['val'])} val, "
         f"{len(splits['test'])} test; vocabulary {tokenizer.vocab_size} words ({timings['data']:.1f} s)")
     feats = None
-    if config.uses_teachers() if teachers is None else teachers:
+    if need_teachers:
         start = time.perf_counter()
         feats = _teacher_features(config, splits, len(flat), teacher_cache, log)
         timings["teachers"] = time.perf_counter() - start
@@ -61,6 +66,17 @@ def prepare(config: TrainConfig, teachers: bool | None = None, log: Callable[[st
     collate = Collate(MILD if config.augment == "mild" else Augment(), generator=None)
     return Prepared(splits=splits, tokenizer=tokenizer, teachers=feats, dataset=dataset, collate=collate,
                     timings=timings)
+
+
+def _check_unsupervised(config: TrainConfig, trains_teachers: bool, stage1: bool) -> None:
+    """Data without scene attributes (real image-caption data): name at once every option that would need them."""
+    needs = [flag for flag, used in (("--image-teacher ssl", trains_teachers and config.image_teacher == "supervised"),
+                                     ("--image-pretrain ssl", stage1 and config.image_pretrain == "supervised"))
+             if used]
+    if needs:
+        raise ValueError("this data has no scene attributes (real image-caption data), which the supervised image "
+                         f"teacher and the supervised pre-training of the image tower need: use {' and '.join(needs)} "
+                         "(in a config: image_teacher / image_pretrain = 'ssl'; image_pretrain may also be 'none')")
 
 
 def _teacher_features(config: TrainConfig, splits: dict[str, CaptionedImages], n_rows: int,

@@ -176,14 +176,20 @@ def ssl_view(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 # --- training --------------------------------------------------------------------------------------------------
 
+def _check_kind(kind: str) -> None:
+    if kind not in IMAGE_TEACHERS:
+        raise ValueError(f"kind must be one of {IMAGE_TEACHERS}, got {kind!r}")
+
+
 def _check_epochs(epochs, name: str) -> int:
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"{name} must be an int >= 1, got {epochs!r}")
     return epochs
 
 
-def _optimizer(model: nn.Module, total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, foreach=True)
+def _optimizer(model: nn.Module, total_steps: int,
+               lr: float = LR) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY, foreach=True)
     warmup = max(1, total_steps // 10)
     # Linear warm-up over the first 10% of steps, then cosine decay to 0.
     schedule = lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup)  # noqa: E731
@@ -192,12 +198,14 @@ def _optimizer(model: nn.Module, total_steps: int) -> tuple[torch.optim.Optimize
 
 
 def _fit(model: nn.Module, n: int, batch: int, epochs: int, gen: torch.Generator,
-         loss_fn: Callable[[torch.Tensor], torch.Tensor], label: str, log: Callable[[str], None] | None) -> dict:
+         loss_fn: Callable[[torch.Tensor], torch.Tensor], label: str, log: Callable[[str], None] | None,
+         lr: float = LR, freeze: bool = True) -> dict:
     """Train `model` for `epochs` passes over `n` items in shuffled batches (`loss_fn(rows)` gives each batch's
-    loss; a last incomplete batch is dropped), then freeze it in eval mode. Returns the training record."""
+    loss; a last incomplete batch is dropped) at peak learning rate `lr`, then (`freeze`) freeze it in eval mode.
+    Returns the training record."""
     batch = min(batch, n)
     steps_per_epoch = max(1, n // batch)
-    opt, sched = _optimizer(model, epochs * steps_per_epoch)
+    opt, sched = _optimizer(model, epochs * steps_per_epoch, lr)
     start, losses = time.perf_counter(), []
     model.train()
     for epoch in range(epochs):
@@ -213,7 +221,8 @@ def _fit(model: nn.Module, n: int, batch: int, epochs: int, gen: torch.Generator
         losses.append(total / steps_per_epoch)
         if log:
             log(f"{label} epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}")
-    model.eval().requires_grad_(False)
+    if freeze:
+        model.eval().requires_grad_(False)
     return {"steps": epochs * steps_per_epoch, "batch_size": batch, "loss_per_epoch": losses,
             "seconds": time.perf_counter() - start}
 
@@ -237,25 +246,41 @@ def train_image_teacher(train: CaptionedImages, kind: str = "supervised", seed: 
 
     "supervised" needs `train.attributes` (synthetic data); "ssl" needs nothing but images.
     """
-    if kind not in IMAGE_TEACHERS:
-        raise ValueError(f"kind must be one of {IMAGE_TEACHERS}, got {kind!r}")
+    _check_kind(kind)
     epochs = _check_epochs(DEFAULT_EPOCHS[kind] if epochs is None else epochs, "epochs")
+    model, fit = fit_image_network(lambda out_dim: ImageTeacher(train.image_size[0], out_dim, kind), train, kind,
+                                   seed, epochs, device, log, f"image teacher ({kind})",
+                                   hint="--image-teacher ssl, or image_teacher='ssl' in a config")
+    info = {"kind": kind, "epochs": epochs, **fit, "parameters": count_parameters(model), "feature_dim": TEACHER_WIDTH}
+    return model, info
+
+
+def fit_image_network(factory: Callable[[int], nn.Module], train: CaptionedImages, kind: str, seed: int,
+                      epochs: int, device: str = "cpu", log: Callable[[str], None] | None = None,
+                      label: str = "image network", lr: float = LR, freeze: bool = True,
+                      hint: str = "kind='ssl'") -> tuple[nn.Module, dict]:
+    """Train `factory(out_dim)` (built from `seed`; its forward maps (B, 3, S, S) images in [0, 1] to (B, out_dim))
+    on the images of `train` alone, `epochs` passes of `IMAGE_BATCH` images: "supervised" fits the scenes' attribute
+    labels (`attribute_targets`, out_dim = their count) with group-weighted binary cross-entropy and needs
+    `train.attributes`; "ssl" fits SimCLR's InfoNCE between two augmented views (out_dim = `PROJECTION_DIM`).
+    Returns (the network, the training record); frozen in eval mode when `freeze`. `hint`: how to ask for "ssl",
+    named in the error for data without attributes."""
+    _check_kind(kind)
     if train.image_size[0] != train.image_size[1]:
         raise ValueError(f"train images must be square, got {train.image_size}")
     images = torch.from_numpy(to_model_input(train.images)).to(device)  # (N, 3, H, W) in [0, 1]
     targets = None
     if kind == "supervised":
         if train.attributes is None:
-            raise ValueError("the supervised image teacher needs scene attributes (synthetic shapes-world data); this "
-                             "data has none (real image-caption data): use the self-supervised one (--image-teacher "
-                             "ssl, or image_teacher='ssl' in a config)")
+            raise ValueError(f"the supervised {label} needs scene attributes (synthetic shapes-world data); this "
+                             f"data has none (real image-caption data): use the self-supervised one ({hint})")
         from rebalance_ref.shapes import attribute_targets
 
         y, names = attribute_targets(train.attributes)
         targets = torch.from_numpy(y).to(device)  # (N, K) multi-hot
         column_weight = label_group_weights(names).to(device)  # (K,)
     out_dim = targets.shape[1] if targets is not None else PROJECTION_DIM
-    model = _build(seed, lambda: ImageTeacher(train.image_size[0], out_dim, kind)).to(device)
+    model = _build(seed, lambda: factory(out_dim)).to(device)
     gen = torch.Generator().manual_seed(seed + 1)
 
     def loss_fn(rows: torch.Tensor) -> torch.Tensor:
@@ -264,9 +289,8 @@ def train_image_teacher(train: CaptionedImages, kind: str = "supervised", seed: 
             return F.binary_cross_entropy_with_logits(model(x), targets[rows.to(device)], weight=column_weight)
         return info_nce(model(ssl_view(x, gen)), model(ssl_view(x, gen)), SSL_TEMPERATURE)
 
-    fit = _fit(model, len(images), IMAGE_BATCH, epochs, gen, loss_fn, f"image teacher ({kind})", log)
-    info = {"kind": kind, "epochs": epochs, **fit, "parameters": count_parameters(model), "feature_dim": TEACHER_WIDTH}
-    return model, info
+    fit = _fit(model, len(images), IMAGE_BATCH, epochs, gen, loss_fn, label, log, lr=lr, freeze=freeze)
+    return model, fit
 
 
 def _pair_captions(captions: list[list[str]], gen: torch.Generator) -> tuple[list[str], list[str]]:

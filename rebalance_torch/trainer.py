@@ -42,6 +42,7 @@ from rebalance_torch.distributed import DistContext
 from rebalance_torch.models import Student
 from rebalance_torch.objective import as_numbers, build_objective, compute_losses
 from rebalance_torch.prepare import Prepared, build_student, prepare
+from rebalance_torch.pretrain import pretrain_image_tower
 from rebalance_torch.runlog import Progress, RunLog, SilentLog
 from rebalance_torch.schedule import batch_rows, lr_at, step_seed, teacher_phase
 from rebalance_torch.step import make_optimizer, train_step
@@ -50,6 +51,7 @@ from rebalance_torch.step import make_optimizer, train_step
 MODEL_FIELDS = ("preset", "data_dir", "n_train", "n_val", "n_test", "image_size", "max_len", "model",
                 "model_overrides", "seed")
 LOG_EVERY = 10
+PRETRAIN_FILE = "pretrain.json"   # the image tower's pre-training record, in the run folder
 
 
 class RunSummary(dict):
@@ -230,6 +232,9 @@ def _begin_stage(stage: int, config: TrainConfig, prepared: Prepared, run_dir: P
         return state
     if stage == 1:
         runlog.truncate(0, 0)
+        record = pretrain_image_tower(student, prepared.splits["train"], config, log=runlog.echo)
+        if record and ctx.is_main:
+            write_json_atomic(run_dir / PRETRAIN_FILE, record, indent=2)
         return None
     source = Path(init) if init is not None else ckpt.checkpoint_path(run_dir, 1, "best")
     if not source.is_file():
@@ -290,7 +295,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, prepared: Prepared | None
         # process 0 first: it trains the teachers (if needed) and caches them; the others then read the cache
         for turn in (True, False):
             if ctx.is_main == turn:
-                prepared = prepare(config, teachers=config.uses_teachers() and 2 in stages, log=runlog.echo,
+                prepared = prepare(config, teachers=config.uses_teachers() and 2 in stages, stage1=1 in stages,
+                                   log=runlog.echo,
                                    tokenizer=_run_tokenizer(run_dir, init, resume),
                                    teacher_cache=run_dir / "teachers")
             ctx.barrier()

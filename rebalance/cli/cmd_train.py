@@ -53,7 +53,10 @@ _CONFIG_OPTIONS = (
     ("n_test", None, "Test images (the reported metrics)."),
     ("image_size", None, "Image side in pixels."),
     ("model", None, "Student size preset: tiny or small (docs/models.md)."),
-    ("stage1_steps", None, "Steps of stage 1 (ITC + 2·ITM from scratch); 0 skips it."),
+    ("image_pretrain", None, "How the student's image tower starts stage 1: pre-trained on images alone with the "
+                             "scenes' labels (supervised; synthetic data), self-supervised (ssl), or random (none)."),
+    ("image_pretrain_epochs", None, "Epochs of the image tower's pre-training."),
+    ("stage1_steps", None, "Steps of stage 1 (ITC + 2·ITM after the tower's pre-training); 0 skips it."),
     ("stage2_steps", None, "Steps of stage 2 (from stage 1's best); 0 skips it."),
     ("batch_size", None, "Caption rows per global batch."),
     ("lr", None, "Peak learning rate of AdamW."),
