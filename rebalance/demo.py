@@ -25,6 +25,8 @@ from rebalance.report import (
     cautions_markdown,
     code_version,
     column_legend,
+    convergence,
+    convergence_caution,
     last_itm_loss,
     split_embeddings,
     stage1_student,
@@ -77,6 +79,7 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, seed: int = 0, d
 
     stage1 = train_and_report(config, out, prepared=prepared, stages=(1,), progress=progress, log=log,
                               label="stage 1")
+    phases["pretrain"] = stage1["timings"].get("pretrain", 0.0)
     phases["stage1"] = stage1["timings"]["stage1"]
     phases["eval"] = stage1["timings"]["eval"]
     baseline = train_and_report(baseline_config, out / "baseline", prepared=prepared,
@@ -96,6 +99,8 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, seed: int = 0, d
     rows = {name: summary["test"] for name, summary, _, _ in runs}
     notes = [n for name, summary, folder, stage in runs
              for n in cautions(name, summary["test"], config.k_test, last_itm_loss(read_metrics(folder), stage))]
+    stage1_moves = convergence(read_metrics(out), 1, config.stage1_steps)
+    notes += convergence_caution(stage_name(config, 1), stage1_moves)
     diff = {k: full["test"][k] - baseline["test"][k] for k in DIFF_KEYS if k in full["test"]}
     check_file = out / "teacher_check.json"
     check = json.loads(check_file.read_text()) if check_file.is_file() else {}
@@ -110,7 +115,8 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, seed: int = 0, d
 
     phases["total"] = time.perf_counter() - tic
     results = {"config": config.to_dict(), "rows": rows, "cautions": notes, "full_minus_baseline": diff,
-               "teacher_check": check, "search": search, "phases_s": phases, "code": code,
+               "teacher_check": check, "stage1_convergence": stage1_moves, "search": search, "phases_s": phases,
+               "code": code,
                "probe_oracle": probe_oracle(prepared.splits["test"])}
     write_json_atomic(out / "results.json", results, indent=2)
     body = [markdown_table(rows), "", column_legend(), ""] + cautions_markdown(notes) + [

@@ -55,7 +55,7 @@ def demo_record(run_dir: str | Path) -> dict:
         raise ValueError(f"--demo: {run_dir}/results.json lacks {', '.join(missing)} (not a demo run folder?)")
     return {"command": DEMO_COMMAND, "code": results.get("code", _unknown_code()),
             **{k: results[k] for k in ("config", "rows", "cautions", "full_minus_baseline", "teacher_check",
-                                       "phases_s") if k in results}}
+                                       "stage1_convergence", "phases_s") if k in results}}
 
 
 def ablation_record(ablation_dir: str | Path) -> dict:

@@ -53,6 +53,10 @@ COLUMN_LEGEND = {
 ITM_PRIOR_LOSS = -(1 / 3) * math.log(1 / 3) - (2 / 3) * math.log(2 / 3)   # 0.6365 nats
 ITM_PRIOR_TOLERANCE = 0.05
 RECALL_KS = (1, 5, 10)
+# Stage 1 is converged when its validation R-mean (cosine) moves by less than CONVERGED_RANGE points over the checks
+# of its last CONVERGED_TAIL of steps, counted from the last check at or before that tail starts.
+CONVERGED_RANGE = 0.5
+CONVERGED_TAIL = 0.2
 
 
 def code_version(where: str | Path | None = None) -> dict:
@@ -98,6 +102,30 @@ def last_itm_loss(rows: list[dict], stage: int) -> float | None:
     """The ITM term of the last logged step of `stage` in `metrics.jsonl` rows (None when not logged)."""
     logged = [r for r in rows if r.get("stage") == stage and "itm" in r]
     return logged[-1]["itm"] if logged else None
+
+
+def convergence(rows: list[dict], stage: int, total_steps: int) -> dict | None:
+    """How much the validation R-mean (cosine) still moved at the end of `stage` (`metrics.jsonl` rows): over the
+    checks from the last one at or before step (1 − CONVERGED_TAIL) · `total_steps` to the end, its range
+    (max − min) and its rise (last − first); converged when the range is below CONVERGED_RANGE. None with fewer than
+    two checks."""
+    checks = [(r["step"], r["val"]["cos_r_mean"]) for r in rows if r.get("stage") == stage and "val" in r]
+    if len(checks) < 2:
+        return None
+    start = max((step for step, _ in checks if step <= (1 - CONVERGED_TAIL) * total_steps), default=checks[0][0])
+    tail = [value for step, value in checks if step >= start]
+    spread = max(tail) - min(tail)
+    return {"from_step": start, "to_step": checks[-1][0], "range": spread, "rise": tail[-1] - tail[0],
+            "converged": spread < CONVERGED_RANGE}
+
+
+def convergence_caution(name: str, record: dict | None) -> list[str]:
+    """One sentence when `record` (`convergence`) says the stage had not converged; none otherwise."""
+    if record is None or record["converged"]:
+        return []
+    return [f"{name}: not converged — its validation R-mean moved {record['range']:.2f} points (more than "
+            f"{CONVERGED_RANGE}) over steps {record['from_step']}–{record['to_step']} ({record['rise']:+.2f} from "
+            f"first to last), so more steps would still change it."]
 
 
 def cautions(name: str, results: dict, k_test: int, itm_loss: float | None = None) -> list[str]:
@@ -199,6 +227,7 @@ def write_run_outputs(run_dir: Path, config: TrainConfig, prepared: Prepared | N
         gap_panels[name] = split_embeddings(student, prepared, config.device)
         plots.plot_modality_gap(gap_panels, plot_dir / "modality_gap.png")
     notes = cautions(name, results, config.k_test, last_itm_loss(rows, stage))
+    notes += convergence_caution(stage_name(config, 1), convergence(rows, 1, config.stage1_steps))
     check_file = run_dir / "teacher_check.json"
     check = json.loads(check_file.read_text()) if check_file.is_file() else {}
     lines = [f"# Run `{run_dir.name}`: {name}", "", "## Test split (best validation checkpoint)", "",

@@ -232,9 +232,6 @@ def _begin_stage(stage: int, config: TrainConfig, prepared: Prepared, run_dir: P
         return state
     if stage == 1:
         runlog.truncate(0, 0)
-        record = pretrain_image_tower(student, prepared.splits["train"], config, log=runlog.echo)
-        if record and ctx.is_main:
-            write_json_atomic(run_dir / PRETRAIN_FILE, record, indent=2)
         return None
     source = Path(init) if init is not None else ckpt.checkpoint_path(run_dir, 1, "best")
     if not source.is_file():
@@ -313,6 +310,12 @@ def train(config: TrainConfig, run_dir: str | Path, *, prepared: Prepared | None
         if state is not None and state.get("done"):
             summary["stages"][stage] = {"best": state["best"], "seconds": 0.0, "finished": True}
             continue
+        if stage == 1 and state is None:   # a fresh stage 1: the image tower's pre-training comes first
+            record = pretrain_image_tower(student, prepared.splits["train"], config, log=runlog.echo)
+            if record:
+                summary["timings"]["pretrain"] = record["seconds"]
+                if ctx.is_main:
+                    write_json_atomic(run_dir / PRETRAIN_FILE, record, indent=2)
         tic = time.perf_counter()
         result = train_stage(stage, config, prepared, run_dir, runlog, student, state, progress and ctx.is_main,
                              stop_after, dist_ctx=dist_ctx, label=phase)

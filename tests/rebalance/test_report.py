@@ -1,6 +1,6 @@
 import pytest
 
-from rebalance.report import train_and_report
+from rebalance.report import convergence, convergence_caution, train_and_report
 from rebalance_torch.config import TrainConfig
 
 SMALL_MODEL = {"vision_width": 32, "text_width": 32, "embed_dim": 16, "heads": 2, "vision_depth": 1,
@@ -19,3 +19,20 @@ def test_a_reported_run_holds_its_report_and_figures(tmp_path):
     assert "## Test split" in report and "Parameters:" in report and "![traces](plots/traces.png)" in report
     assert f"{summary['test']['cos_r_mean']:.2f}" in report
     assert report.count("![relations]") == 1  # each figure once
+
+
+def _checks(*values, stage=1, every=125):
+    return [{"stage": stage, "step": every * (i + 1), "val": {"cos_r_mean": v}} for i, v in enumerate(values)]
+
+
+def test_convergence_reads_the_checks_of_the_last_fifth_from_the_check_before_it():
+    # 1000 steps checked every 125: the tail starts at the check of step 750 (the last one at or before 800)
+    moving = convergence(_checks(10, 20, 30, 40, 50, 74.5, 74.8, 75.2), 1, 1000)
+    assert moving["from_step"] == 750 and moving["to_step"] == 1000
+    assert moving["range"] == pytest.approx(0.7) and moving["rise"] == pytest.approx(0.7) and not moving["converged"]
+    assert convergence_caution("stage 1", moving) and "not converged" in convergence_caution("stage 1", moving)[0]
+    settled = convergence(_checks(10, 20, 30, 40, 50, 75.0, 75.4, 75.1), 1, 1000)
+    assert settled["converged"] and convergence_caution("stage 1", settled) == []
+    # other stages' rows and runs with fewer than two checks say nothing
+    assert convergence(_checks(1, 2, stage=2), 1, 250) is None and convergence(_checks(5), 1, 125) is None
+    assert convergence_caution("stage 1", None) == []
