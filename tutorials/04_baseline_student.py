@@ -7,7 +7,9 @@
 # `tutorials/out/04_baseline_student/` (or `$REBALANCE_TUTORIAL_OUT/04_baseline_student/`).
 #
 # Before any distillation, the student learns the usual way: **stage 1** trains an image tower, a text tower
-# and a fusion encoder from scratch with `ITC + 2·ITM` (tutorial 02). This tutorial
+# and a fusion encoder with `ITC + 2·ITM` (tutorial 02). As the paper's student starts from an ImageNet-trained
+# image backbone, ours starts from an image tower pre-trained on images alone (the scenes' labels, a few seconds;
+# `image_pretrain`); the text tower and the fusion start random. This tutorial
 #
 # 1. sets up a run with `TrainConfig` (the one config object) and `prepare` (data and tokenizer);
 # 2. trains stage 1 with `rebalance_torch.trainer.train` and reads its traces from `metrics.jsonl`;
@@ -73,8 +75,8 @@ print("a test caption and its tokens:", test.captions[0][0], prepared.tokenizer.
 # %% [markdown]
 # ## 2. Train stage 1
 #
-# `train_and_report(config, run_dir, stages=(1,))` calls the trainer (`rebalance_torch.trainer.train`), which runs
-# AdamW with warm-up and linear decay, logs every loss term and the temperature τ to `metrics.jsonl`, evaluates
+# `train_and_report(config, run_dir, stages=(1,))` calls the trainer (`rebalance_torch.trainer.train`), which first
+# pre-trains the image tower (its record is `pretrain.json`), then runs AdamW with warm-up and linear decay, logs every loss term and the temperature τ to `metrics.jsonl`, evaluates
 # cosine R-mean on the validation split every `eval_every` steps, keeps the best checkpoint by that criterion (never
 # by the test split), and evaluates the best checkpoint on the test split at the end; then it writes the run's
 # `report.md` and `plots/`. Every step is seeded, so the same config gives the same run.
@@ -82,7 +84,9 @@ print("a test caption and its tokens:", test.captions[0][0], prepared.tokenizer.
 # %%
 banner("2. train stage 1")
 summary = train_and_report(config, RUN, prepared=prepared, stages=(1,), progress=False)
-print(f"stage 1 took {summary['timings']['stage1']:.1f} s; files:", sorted(p.name for p in RUN.iterdir()))
+print(f"image tower pre-training ({config.image_pretrain}, {config.image_pretrain_epochs} epochs) took "
+      f"{summary['timings']['pretrain']:.1f} s, stage 1 {summary['timings']['stage1']:.1f} s; files:",
+      sorted(p.name for p in RUN.iterdir()))
 
 rows = read_metrics(RUN)
 steps = [r for r in rows if "itc" in r]
@@ -134,7 +138,8 @@ print(f"final ITM loss {steps[-1]['itm']:.4f} vs the base-rate entropy H(1/3) = 
 # %% [markdown]
 # ## 4. Cross-modal vs single-modal: what did stage 1 change?
 #
-# Evaluate the *untrained* student (the same architecture and seed, step 0) with the same function, and compare.
+# Evaluate the *untrained* student (the same architecture and seed, step 0, before the tower's pre-training too)
+# with the same function, and compare.
 # Cross-modal recall starts at chance and rises: that is what ITC and ITM optimise. Single-modal retrieval
 # (I2I, T2T) and mixed retrieval are *not* optimised directly; whatever structure each modality has after stage
 # 1 is a by-product of matching pairs, and it can move either way. An untrained network is not structureless
@@ -189,3 +194,5 @@ save_figure(fig, OUT, "before_after_stage1.png")
 # 4. Plot the validation R-mean against the training loss. Is the best validation step the last one?
 # 5. Evaluate the untrained student twice with different `seed`s. How much do its "chance" numbers move? What
 #    does that say about reading small differences between trained runs?
+# 6. Train again with `image_pretrain="none"` (the tower starts random). Compare the recall, the ITM loss and
+#    the search probe's shape column (`probe_p5_shape`) with this run's (docs/models.md measured it at full size).
