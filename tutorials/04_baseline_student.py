@@ -76,10 +76,11 @@ print("a test caption and its tokens:", test.captions[0][0], prepared.tokenizer.
 # ## 2. Train stage 1
 #
 # `train_and_report(config, run_dir, stages=(1,))` calls the trainer (`rebalance_torch.trainer.train`), which first
-# pre-trains the image tower (its record is `pretrain.json`), then runs AdamW with warm-up and linear decay, logs every loss term and the temperature τ to `metrics.jsonl`, evaluates
-# cosine R-mean on the validation split every `eval_every` steps, keeps the best checkpoint by that criterion (never
-# by the test split), and evaluates the best checkpoint on the test split at the end; then it writes the run's
-# `report.md` and `plots/`. Every step is seeded, so the same config gives the same run.
+# pre-trains the image tower (its record is `pretrain.json`), then runs AdamW with warm-up and linear decay, logs
+# every loss term and the temperature τ to `metrics.jsonl`, evaluates cosine R-mean on the validation split every
+# `eval_every` steps, keeps the best checkpoint by that criterion (never by the test split), and evaluates the best
+# checkpoint on the test split at the end; then it writes the run's `report.md` and `plots/`. Every step is seeded,
+# so the same config gives the same run.
 
 # %%
 banner("2. train stage 1")
