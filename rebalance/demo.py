@@ -45,9 +45,9 @@ from rebalance_torch.runlog import read_metrics
 # `fast`: ≤ 45 s, for CI and the tutorials (a smaller world, fewer steps; a look at the pipeline, not a result).
 FAST = dict(preset="text-poor", n_train=300, n_val=100, n_test=100, stage1_steps=100, stage2_steps=50,
             batch_size=32, eval_every=50, k_test=8, teacher_epochs=3)
-# The recipe of the demo's full run (docs/training.md, "Recipes"): the paper's, since on the current student no
-# remedy passes the selection rule; `rebalance demo --recipe rebalanced` trains ours.
-DEMO_RECIPE = "official"
+# The recipe of the demo's full run (docs/training.md, "Recipes"): ours, chosen on validation by the stated rule;
+# the time budget holds one full run beside the baseline, so the paper's is one flag away (`--recipe official`).
+DEMO_RECIPE = "rebalanced"
 DIFF_KEYS = ("cos_r_mean", "itm_r_mean", "rouge_i2i@10", "rouge_t2t@10", "rouge_i2it@10", "rouge_t2it@10",
              "attr_i2i@10", "attr_t2t@10", "attr_i2it@10", "attr_t2it@10", "modality_gap")
 
