@@ -27,6 +27,7 @@ from torch import nn
 from rebalance_ref.dataset import CaptionedImages
 from rebalance_torch.config import TrainConfig
 from rebalance_torch.models import Student
+from rebalance_torch.moe import moe_layers
 from rebalance_torch.teachers import fit_image_network
 
 # Peak learning rate of the pre-training (warm-up over 10 % of its steps, then cosine decay to 0), chosen on
@@ -45,7 +46,10 @@ class TowerWithHead(nn.Module):
                      nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, out_dim)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(images)[:, 0])   # (B, out_dim) from h_v (B, W_v)
+        out = self.head(self.encoder(images)[:, 0])   # (B, out_dim) from h_v (B, W_v)
+        for layer in moe_layers(self.encoder):   # a mixture-of-experts tower: its routing auxiliaries belong to
+            layer.records.clear()                 # stage 1's objective, not to the pre-training; nothing piles up
+        return out
 
 
 def pretrain_image_tower(student: Student, train: CaptionedImages, config: TrainConfig,

@@ -106,3 +106,12 @@ def test_real_style_data_names_every_option_that_needs_attributes_at_once(tmp_pa
                     log=lambda _: None, evaluate_test=False)
     assert json.loads((tmp_path / "c" / PRETRAIN_FILE).read_text())["kind"] == "ssl"
     assert summary["stages"][2]["finished"]
+
+
+def test_a_mixture_of_experts_tower_keeps_no_routing_records_from_the_pretraining(world):
+    from rebalance_torch.moe import moe_layers
+
+    student = Student(ModelConfig.preset("tiny", vocab_size=32, **SMALL_MODEL, moe={"experts": 4}))
+    pretrain_image_tower(student, world, TrainConfig(image_pretrain_epochs=1))
+    layers = moe_layers(student)
+    assert layers and all(layer.records == [] for layer in layers)
