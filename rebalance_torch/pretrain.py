@@ -13,8 +13,8 @@ the same way, from a network trained on images alone, before it ever sees a capt
 
 The tower trains with a head on its pooled token h_v (the vector stage 1 projects to v): Linear(W_v, K) to the
 attribute logits, or a projection MLP for SimCLR. The head is discarded; every tower weight stays trainable in
-stage 1. The text tower starts random, as before: a BERT-style pre-training of it is not written (docs/models.md,
-"A pre-trained image tower", says what was measured).
+stage 1. The text tower and the fusion start random, as before (a BERT-style pre-training of the text tower is not
+written). Under torchrun every process pre-trains its own copy: the same seed and data give the same weights.
 """
 
 from __future__ import annotations
