@@ -71,12 +71,13 @@ def prepare(config: TrainConfig, teachers: bool | None = None, log: Callable[[st
 def _check_unsupervised(config: TrainConfig, trains_teachers: bool, stage1: bool) -> None:
     """Data without scene attributes (real image-caption data): name at once every option that would need them."""
     needs = [flag for flag, used in (("--image-teacher ssl", trains_teachers and config.image_teacher == "supervised"),
-                                     ("--image-pretrain ssl", stage1 and config.image_pretrain == "supervised"))
+                                     ("--image-pretrain none", stage1 and config.image_pretrain == "supervised"))
              if used]
     if needs:
         raise ValueError("this data has no scene attributes (real image-caption data), which the supervised image "
                          f"teacher and the supervised pre-training of the image tower need: use {' and '.join(needs)} "
-                         "(in a config: image_teacher / image_pretrain = 'ssl'; image_pretrain may also be 'none')")
+                         "(in a config: image_teacher = 'ssl', image_pretrain = 'none'; image_pretrain 'ssl' also "
+                         "runs, and measured worse than 'none' on the shapes world: docs/models.md)")
 
 
 def _teacher_features(config: TrainConfig, splits: dict[str, CaptionedImages], n_rows: int,

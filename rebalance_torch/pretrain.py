@@ -8,7 +8,8 @@ the same way, from a network trained on images alone, before it ever sees a capt
   (`rebalance_torch.teachers.fit_image_network`: group-weighted binary cross-entropy on
   `rebalance_ref.shapes.attribute_targets`). Like the teacher it stands in for ImageNet-style labels, and like the
   teacher's the labels are privileged: synthetic data only, seen before stage 1 and never by stage 1 or 2.
-- "ssl": SimCLR between two augmented views (the ssl image teacher's task), for data without attributes.
+- "ssl": SimCLR between two augmented views (the ssl image teacher's task), for data without attributes; on the
+  shapes world it measured worse than "none" (docs/models.md).
 - "none": the tower starts from its random initialisation (the earlier behaviour).
 
 The tower trains with a head on its pooled token h_v (the vector stage 1 projects to v): Linear(W_v, K) to the
@@ -66,5 +67,5 @@ def pretrain_image_tower(student: Student, train: CaptionedImages, config: Train
         _, fit = fit_image_network(lambda out_dim: TowerWithHead(student.image_encoder, width, out_dim, kind),
                                    train, kind, config.seed + 3, config.image_pretrain_epochs, config.device, log,
                                    f"image tower pre-training ({kind})", lr=PRETRAIN_LR, freeze=False,
-                                   hint="--image-pretrain ssl or none, or image_pretrain='ssl' in a config")
+                                   hint="--image-pretrain none or ssl, or image_pretrain='none' in a config")
     return {"kind": kind, "epochs": config.image_pretrain_epochs, "lr": PRETRAIN_LR, **fit}

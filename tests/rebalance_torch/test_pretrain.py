@@ -66,7 +66,7 @@ def test_ssl_needs_images_only_and_supervised_says_what_to_use_instead(world):
     no_attrs = CaptionedImages(images=world.images, captions=world.captions, names=world.names)
     record = pretrain_image_tower(_student(), no_attrs, TrainConfig(image_pretrain="ssl", image_pretrain_epochs=1))
     assert record["kind"] == "ssl" and np.isfinite(record["loss_per_epoch"]).all()
-    with pytest.raises(ValueError, match="--image-pretrain ssl"):
+    with pytest.raises(ValueError, match="--image-pretrain none or ssl"):
         pretrain_image_tower(_student(), no_attrs, TrainConfig(image_pretrain="supervised"))
 
 
@@ -98,9 +98,9 @@ def test_real_style_data_names_every_option_that_needs_attributes_at_once(tmp_pa
     data = write_dataset(tmp_path / "data", splits)
     config = TrainConfig(data_dir=str(data), stage1_steps=2, stage2_steps=2, batch_size=8, eval_every=2,
                          image_pretrain_epochs=1, teacher_epochs=1, model_overrides=SMALL_MODEL)
-    with pytest.raises(ValueError, match="--image-teacher ssl and --image-pretrain ssl"):
+    with pytest.raises(ValueError, match="--image-teacher ssl and --image-pretrain none"):
         train(config, tmp_path / "a", progress=False, log=lambda _: None)
-    with pytest.raises(ValueError, match=r"use --image-pretrain ssl \("):
+    with pytest.raises(ValueError, match=r"use --image-pretrain none \("):
         train(config.replace(image_teacher="ssl"), tmp_path / "b", progress=False, log=lambda _: None)
     summary = train(config.replace(image_teacher="ssl", image_pretrain="ssl"), tmp_path / "c", progress=False,
                     log=lambda _: None, evaluate_test=False)
