@@ -11,6 +11,8 @@ from rebalance import codes
 from rebalance.cli.main import cli
 from rebalance_ref.metrics import retrieval_recall
 
+from .conftest import write_untrained_run
+
 
 def _run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
@@ -25,22 +27,9 @@ def run_and_data(tmp_path_factory):
     """A run folder with a fresh (untrained) student's checkpoint on a small text-poor world, and a data folder
     holding its test split."""
     from rebalance_ref.karpathy import write_dataset
-    from rebalance_ref.shapes import make_splits
-    from rebalance_ref.tokenizer import Tokenizer
-    from rebalance_torch import checkpoint as ckpt
-    from rebalance_torch.config import TrainConfig
-    from rebalance_torch.prepare import build_student
 
     root = tmp_path_factory.mktemp("codes")
-    config = TrainConfig(n_train=16, n_val=8, n_test=12)
-    splits = make_splits(config.preset, 16, 8, 12, seed=config.seed)
-    tokenizer = Tokenizer.build([c for s in splits.values() for caps in s.captions for c in caps],
-                                max_len=config.max_len)
-    student = build_student(config, tokenizer)
-    state = {"format": ckpt.FORMAT_VERSION, "config": config.to_dict(), "model_config": student.config.to_dict(),
-             "student": student.state_dict()}
-    ckpt.save_checkpoint(state, ckpt.checkpoint_path(root / "run", 1, "best"))
-    tokenizer.save(root / "run" / "tokenizer.json")
+    splits = write_untrained_run(root / "run", 16, 8, 12)
     write_dataset(root / "data", {"test": splits["test"]})
     return root
 

@@ -11,6 +11,8 @@ from rebalance import probes
 from rebalance.cli.main import cli
 from rebalance_ref.tolerances import ORACLE_RTOL
 
+from .conftest import write_untrained_run
+
 
 def _run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
@@ -19,22 +21,8 @@ def _run(*args):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A run folder with a fresh (untrained) student's checkpoint on a small text-poor world."""
-    from rebalance_ref.shapes import make_splits
-    from rebalance_ref.tokenizer import Tokenizer
-    from rebalance_torch import checkpoint as ckpt
-    from rebalance_torch.config import TrainConfig
-    from rebalance_torch.prepare import build_student
-
     root = tmp_path_factory.mktemp("probes") / "run"
-    config = TrainConfig(n_train=8, n_val=4, n_test=24)
-    splits = make_splits(config.preset, 8, 4, 24, seed=config.seed)
-    tokenizer = Tokenizer.build([c for s in splits.values() for caps in s.captions for c in caps],
-                                max_len=config.max_len)
-    student = build_student(config, tokenizer)
-    state = {"format": ckpt.FORMAT_VERSION, "config": config.to_dict(), "model_config": student.config.to_dict(),
-             "student": student.state_dict()}
-    ckpt.save_checkpoint(state, ckpt.checkpoint_path(root, 1, "best"))
-    tokenizer.save(root / "tokenizer.json")
+    write_untrained_run(root, 8, 4, 24)
     return root
 
 
